@@ -1,0 +1,145 @@
+"""
+Backends and the pool of them: addresses, weights, health and counters.
+
+The health checker writes a backend's health; the relay counts its
+connections; the monitor and the strategies only read.  Nothing here knows
+about the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class Backend:
+    """
+    One backend WebSocket server and what wslb knows about it.
+
+    @ivar id: the name used in logs and the monitoring API (C{backend-1}).
+    @ivar host: host name or address of the WebSocket server.
+    @ivar port: TCP port of the WebSocket server.
+    @ivar weight: relative share of clients, at least 1.
+    @ivar healthPort: TCP port of the backend's HTTP health endpoint.
+    @ivar healthPath: path of the health endpoint.
+    @ivar healthy: whether the backend is in rotation; C{False} until its first
+        passing health check.
+    @ivar lastHealthCheck: POSIX time of the last completed health check, or
+        C{None} before the first.
+    @ivar lastChange: POSIX time of the last change of C{healthy}, or C{None}.
+    @ivar activeConnections: clients currently assigned to this backend
+        (connecting or open).
+    @ivar totalConnections: clients ever assigned to this backend.
+    @ivar connectFailures: connection attempts that failed (refused, timed out
+        or a failed WebSocket handshake).
+    @ivar healthCheckFailures: health checks that failed.
+    @ivar stateChanges: times C{healthy} changed.
+    """
+
+    id: str
+    host: str
+    port: int
+    weight: int = 1
+    healthPort: int = 0
+    healthPath: str = "/health"
+    healthy: bool = False
+    lastHealthCheck: float | None = None
+    lastChange: float | None = None
+    activeConnections: int = 0
+    totalConnections: int = 0
+    connectFailures: int = 0
+    healthCheckFailures: int = 0
+    stateChanges: int = 0
+    messagesToBackend: int = 0
+    messagesToClient: int = 0
+    bytesToBackend: int = 0
+    bytesToClient: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.healthPort:
+            self.healthPort = self.port + 1000
+
+    @property
+    def address(self) -> str:
+        """
+        C{host:port} of the WebSocket server, for logs.
+        """
+        return f"{self.host}:{self.port}"
+
+    @property
+    def healthURL(self) -> str:
+        """
+        The URL the health checker requests.
+        """
+        return f"http://{self.host}:{self.healthPort}{self.healthPath}"
+
+    def recordHealth(self, passed: bool, when: float) -> bool:
+        """
+        Record the result of one health check.
+
+        @param passed: whether the check passed.
+        @param when: POSIX time the check completed.
+        @return: C{True} when this changed the backend's health.
+        """
+        self.lastHealthCheck = when
+        if not passed:
+            self.healthCheckFailures += 1
+        if passed == self.healthy:
+            return False
+        self.healthy = passed
+        self.lastChange = when
+        self.stateChanges += 1
+        return True
+
+    def connectionOpened(self) -> None:
+        """
+        A client was assigned to this backend.
+        """
+        self.activeConnections += 1
+        self.totalConnections += 1
+
+    def connectionClosed(self) -> None:
+        """
+        A client assigned to this backend has gone (or its attempt failed).
+        """
+        self.activeConnections -= 1
+
+
+@dataclass(eq=False)
+class BackendPool:
+    """
+    The configured backends, in configuration order.
+    """
+
+    backends: list[Backend] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self.backends)
+
+    def __len__(self) -> int:
+        return len(self.backends)
+
+    def healthy(self, exclude: Iterable[Backend] = ()) -> list[Backend]:
+        """
+        The backends in rotation, in configuration order.
+
+        @param exclude: backends to leave out (those already tried for a
+            client).
+        """
+        excluded = set(map(id, exclude))
+        return [b for b in self.backends if b.healthy and id(b) not in excluded]
+
+    @property
+    def healthyCount(self) -> int:
+        """
+        How many backends are in rotation.
+        """
+        return sum(1 for b in self.backends if b.healthy)
+
+    @property
+    def totalConnections(self) -> int:
+        """
+        Active client connections over all backends.
+        """
+        return sum(b.activeConnections for b in self.backends)
