@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.plugin import IPlugin, getPlugins
+from twisted.python.reflect import namedAny
 from zope.interface import implementer
 
 from wslb_twisted.interfaces import IStrategy, IStrategyFactory
@@ -33,11 +34,16 @@ class StrategyPlugin:
     """
 
     def __init__(
-        self, name: str, factory: Callable[[], IStrategy], description: str = ""
+        self,
+        name: str,
+        factory: Callable[[], IStrategy] | str,
+        description: str = "",
     ) -> None:
         """
         @param name: the name operators select the strategy by.
-        @param factory: a callable making a fresh L{IStrategy} provider.
+        @param factory: a callable making a fresh L{IStrategy} provider, or
+            its fully qualified name (imported on first use, which keeps
+            plugin files cheap to load).
         @param description: one line describing the strategy.
         """
         self.name = name
@@ -48,7 +54,10 @@ class StrategyPlugin:
         """
         Make a new strategy with fresh state.
         """
-        return self._factory()
+        factory = self._factory
+        if isinstance(factory, str):
+            factory = self._factory = namedAny(factory)
+        return factory()
 
     def __repr__(self) -> str:
         return f"<StrategyPlugin {self.name!r}>"

@@ -1,0 +1,34 @@
+"""
+twistd service makers and the built-in balancing strategies of wslb.
+
+Kept tiny and lazy: nothing here imports the load balancer until it is used.
+"""
+
+from twisted.application.service import ServiceMaker
+
+from wslb_twisted.plugin import StrategyPlugin
+
+wslb = ServiceMaker(
+    "wslb", "wslb_twisted.tap", "A WebSocket load balancer.", "wslb"
+)
+
+roundRobin = StrategyPlugin(
+    "round-robin",
+    "wslb_twisted.strategies.RoundRobinStrategy",
+    "healthy backends in list order, one connection each in turn",
+)
+leastConnections = StrategyPlugin(
+    "least-connections",
+    "wslb_twisted.strategies.LeastConnectionsStrategy",
+    "the backend with the fewest active connections relative to its weight",
+)
+weighted = StrategyPlugin(
+    "weighted",
+    "wslb_twisted.strategies.WeightedStrategy",
+    "smooth weighted round-robin",
+)
+ipHash = StrategyPlugin(
+    "ip-hash",
+    "wslb_twisted.strategies.IPHashStrategy",
+    "a consistent hash of the client address",
+)
