@@ -1,0 +1,645 @@
+"""
+The relay: the client-facing WebSocket server, the backend legs it opens, and
+the session joining one client to one backend leg.
+
+A client's opening handshake is held (Autobahn's C{onConnect} returns a
+Deferred) while the session picks a backend with the strategy and completes a
+WebSocket handshake with it; only then does the client get its 101, carrying
+the backend's chosen subprotocol.  A backend that refuses, times out or fails
+its handshake is skipped and another is tried, up to C{maxRetries} more; when
+none works the client gets HTTP 503.
+
+Once both legs are open, L{wslb_twisted.datapath} moves the messages.  The
+session owns everything else: which backend leg a client is attached to,
+closing, and counting.  Keeping the leg replaceable is what lets a later
+session move a live client to another backend.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wslb_twisted import datapath
+from wslb_twisted.backends import Backend, BackendPool
+from wslb_twisted.config import Settings
+from wslb_twisted.forwarding import clientAddress, forwardedFor
+from wslb_twisted.interfaces import IStrategy
+
+log = Logger()
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_SENDABLE_CODES = frozenset(WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED)
+
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+
+# Request headers the load balancer does not pass to the backend: those of the
+# WebSocket handshake itself (the backend leg makes its own), hop-by-hop
+# headers, and those it sets itself.
+_NOT_FORWARDED = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "proxy-authorization",
+        "proxy-connection",
+        "content-length",
+        "pragma",
+        "cache-control",
+        "origin",
+        "user-agent",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-real-ip",
+    }
+)
+
+
+def relayedCloseCode(code: int | None, fallback: int) -> int | None:
+    """
+    The close code to send on one leg for a close received on the other.
+
+    Codes a peer may send are relayed as they are; "no status" stays without
+    a code; codes that must never be sent (1006 abnormal closure, 1015 TLS
+    failure) and anything unknown become C{fallback}.
+
+    @param code: the code received, or C{None} when the close frame had none.
+    @param fallback: the code to send in place of an unsendable one.
+    @return: the code to send, or C{None} for a close frame without a code.
+    """
+    if code is None or code == 1005:
+        return None
+    if code in _SENDABLE_CODES or 3000 <= code <= 4999:
+        return code
+    return fallback
+
+
+def _reasonBytes(reason: str | None) -> bytes | None:
+    if not reason:
+        return None
+    encoded = reason.encode("utf-8")
+    if len(encoded) <= 123:
+        return encoded
+    return encoded[:123].decode("utf-8", "ignore").encode("utf-8")
+
+
+class ClientLeg(datapath.MessageForwarding, WebSocketServerProtocol):
+    """
+    The WebSocket connection from a client to the load balancer.
+    """
+
+    factory: RelayFactory
+    session: Session | None = None
+
+    def connectionMade(self) -> None:
+        self.factory.connectionOpened(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        self.factory.connectionClosed(self)
+
+    def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:
+        """
+        Hold the client's handshake until a backend has accepted its own.
+        """
+        self.session = Session(self.factory, self)
+        self.factory.sessions.add(self.session)
+        return self.session.start(request, self.http_request_uri)
+
+    def onOpen(self) -> None:
+        """
+        The client has its 101: start relaying.
+        """
+        assert self.session is not None
+        self.session.clientOpened()
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        """
+        Pass the client's closing handshake on to the backend at once.
+        """
+        wasOpen = self.state == _OPEN
+        violation = super().onCloseFrame(code, reasonRaw)
+        if wasOpen and not violation and self.session is not None:
+            self.session.closeStarted(self, self.remoteCloseCode, self.remoteCloseReason)
+        return violation
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """
+        The client's connection is gone, closed or not.
+        """
+        if self.session is not None:
+            self.session.clientClosed(code, reason)
+
+
+class BackendLeg(datapath.MessageForwarding, WebSocketClientProtocol):
+    """
+    The WebSocket connection from the load balancer to a backend, on behalf
+    of one client.
+    """
+
+    factory: BackendLegFactory
+    subprotocol: str | None = None
+    responseHeaders: dict[str, str] | None = None
+
+    def connectionMade(self) -> None:
+        self.factory.relay.connectionOpened(self)
+        self.other = datapath.PendingMessages()
+        super().connectionMade()
+        self.factory.session.legConnected(self)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        self.factory.relay.connectionClosed(self)
+
+    def onConnect(self, response: Any) -> None:
+        """
+        Remember what the backend answered, to pass it on to the client.
+        """
+        self.subprotocol = response.protocol
+        self.responseHeaders = response.headers
+
+    def onOpen(self) -> None:
+        """
+        The backend accepted the WebSocket: the client may now have its 101.
+        """
+        self.factory.session.legOpened(self)
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        """
+        Pass the backend's closing handshake on to the client at once.
+        """
+        wasOpen = self.state == _OPEN
+        violation = super().onCloseFrame(code, reasonRaw)
+        if wasOpen and not violation:
+            self.factory.session.closeStarted(
+                self, self.remoteCloseCode, self.remoteCloseReason
+            )
+        return violation
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """
+        The backend connection is gone: before it opened, the attempt failed.
+        """
+        self.factory.session.legClosed(self, code, reason)
+
+
+class BackendLegFactory(WebSocketClientFactory):
+    """
+    Makes the backend leg of one connection attempt.
+
+    One is needed per attempt because Autobahn checks the backend's chosen
+    subprotocol against the factory's list; it is a shallow copy of a
+    template configured once (see L{RelayFactory.legFactory}), which is much
+    cheaper than constructing a new factory.
+    """
+
+    protocol = BackendLeg
+    noisy = False
+    session: Session
+    relay: RelayFactory
+    backend: Backend
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        """
+        The TCP connection to the backend could not be made.
+        """
+        self.session.attemptFailed(self.backend, reason.getErrorMessage())
+
+
+class Session:
+    """
+    One client and the backend leg it is attached to.
+
+    @ivar client: the client leg.
+    @ivar backend: the backend counted as serving this client, or C{None}.
+    @ivar leg: the backend leg, open or being opened, or C{None}.
+    @ivar tried: the backends tried for this client so far, in order.
+    """
+
+    def __init__(self, factory: RelayFactory, client: ClientLeg) -> None:
+        self.factory = factory
+        self.client = client
+        self.backend: Backend | None = None
+        self.leg: BackendLeg | None = None
+        self.tried: list[Backend] = []
+        self.clientAddress = ""
+        self.closing = False
+        self.clientGone = False
+        self._handshake: Deferred[Any] | None = None
+        self._legFactoryArguments: dict[str, Any] = {}
+        self._connector: Any = None
+        self._timer: IDelayedCall | None = None
+        self._lastFailure = ""
+        self._timedOut = False
+
+    # Connecting
+
+    def start(self, request: ConnectionRequest, uri: str) -> Deferred[Any]:
+        """
+        Find a backend for the client.
+
+        @param request: the client's opening handshake.
+        @param uri: the client's request target: path and query string.
+        @return: a Deferred firing with the backend's subprotocol (and
+            headers for the client) once a backend leg is open, or failing
+            with L{ConnectionDeny} when none could be opened.
+        """
+        factory = self.factory
+        headers = request.headers
+        peer = self.client.transport.getPeer()  # type: ignore[union-attr]
+        peerHost = getattr(peer, "host", "")
+        trusted = factory.settings.trustedProxies
+        incoming = headers.get("x-forwarded-for")
+        self.clientAddress = clientAddress(peerHost, incoming, trusted)
+        forwarded = {
+            name: value for name, value in headers.items() if name not in _NOT_FORWARDED
+        }
+        forwarded["X-Forwarded-For"] = forwardedFor(peerHost, incoming, trusted)
+        forwarded["X-Forwarded-Proto"] = "https" if factory.isSecure else "http"
+        forwarded["X-Real-IP"] = self.clientAddress
+        self._legFactoryArguments = {
+            "resource": uri,
+            "origin": request.origin if "origin" in headers else None,
+            "protocols": request.protocols,
+            "useragent": headers.get("user-agent"),
+            "headers": forwarded,
+        }
+        self._handshake = Deferred()
+        ready = factory.whenReady()
+        if ready.called:
+            self._attempt()
+        else:
+            ready.addCallback(lambda _: self._attempt())
+        return self._handshake
+
+    def _attempt(self) -> None:
+        if self.clientGone or self._handshake is None:
+            return
+        factory = self.factory
+        candidates = factory.pool.healthy(exclude=self.tried)
+        if not candidates:
+            self._refuse(self._lastFailure or "no healthy backend")
+            return
+        if len(self.tried) > factory.settings.maxRetries:
+            self._refuse(self._lastFailure)
+            return
+        backend = factory.strategy.pick(candidates, self.clientAddress)
+        self.tried.append(backend)
+        self.backend = backend
+        backend.connectionOpened()
+        legFactory = factory.legFactory(self, backend, self._legFactoryArguments)
+        timeout = factory.settings.connectTimeout
+        self._connector = factory.reactor.connectTCP(
+            backend.host, backend.port, legFactory, timeout=timeout
+        )
+        self._timer = factory.reactor.callLater(timeout, self._attemptTimedOut, backend)
+
+    def _attemptTimedOut(self, backend: Backend) -> None:
+        self._timer = None
+        self._timedOut = True
+        leg = self.leg
+        if leg is not None:
+            leg.dropConnection(abort=True)
+        else:
+            self._connector.disconnect()
+
+    def legConnected(self, leg: BackendLeg) -> None:
+        """
+        The TCP connection of an attempt is up; its handshake is under way.
+        """
+        self.leg = leg
+
+    def legOpened(self, leg: BackendLeg) -> None:
+        """
+        An attempt succeeded: answer the client's handshake.
+        """
+        self._cancelTimer()
+        handshake, self._handshake = self._handshake, None
+        if handshake is None or self.clientGone:
+            leg.sendCloseFrame(GOING_AWAY, b"client went away")
+            return
+        headers = {}
+        cookie = (leg.responseHeaders or {}).get("set-cookie")
+        if cookie is not None:
+            headers["Set-Cookie"] = cookie
+        handshake.callback((leg.subprotocol, headers))
+
+    def attemptFailed(self, backend: Backend, reason: str) -> None:
+        """
+        An attempt to open a backend leg failed; try another backend.
+        """
+        self._cancelTimer()
+        self.leg = None
+        self._release()
+        if self.clientGone:
+            return
+        backend.connectFailures += 1
+        if self._timedOut:
+            self._timedOut = False
+            timeout = self.factory.settings.connectTimeout
+            reason = f"no WebSocket handshake within {timeout:g}s"
+        self._lastFailure = f"{backend.id} ({backend.address}): {reason}"
+        log.warn(
+            "backend {backendId} ({address}) failed for client {client}: {reason}",
+            backendId=backend.id,
+            address=backend.address,
+            client=self.clientAddress,
+            reason=reason,
+            event="backend_connect_failed",
+        )
+        self._attempt()
+
+    def _refuse(self, reason: str) -> None:
+        handshake, self._handshake = self._handshake, None
+        self.factory.refusals += 1
+        log.warn(
+            "refused client {client} after {attempts} attempt(s): {reason}",
+            client=self.clientAddress,
+            attempts=len(self.tried),
+            reason=reason,
+            event="client_refused",
+        )
+        if handshake is not None:
+            handshake.errback(Failure(ConnectionDeny(503, "no backend available")))
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _release(self) -> None:
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.connectionClosed()
+
+    # Relaying
+
+    def clientOpened(self) -> None:
+        """
+        The client has its 101: join it to its backend leg.
+        """
+        leg = self.leg
+        assert leg is not None
+        if leg.state != _OPEN:
+            # The backend closed between its handshake and the client's.
+            self.closeStarted(leg, None, None)
+            return
+        datapath.join(self.client, leg)
+
+    # Closing
+
+    def closeStarted(
+        self, source: WebSocketProtocol, code: int | None, reason: str | None
+    ) -> None:
+        """
+        One leg is closing: close the other with the same code, where it may
+        be sent.
+
+        @param source: the leg that is closing.
+        @param code: its close code (C{None} when none was given; 1006 when
+            the connection dropped without a closing handshake).
+        @param reason: its close reason.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        client, leg = self.client, self.leg
+        if leg is None:
+            return
+        datapath.separate(client, leg)
+        if source is client:
+            target: WebSocketProtocol = leg
+            fallback = GOING_AWAY
+        else:
+            target = client
+            fallback = INTERNAL_ERROR
+        if target.state == _OPEN:
+            target.sendCloseFrame(
+                code=relayedCloseCode(code, fallback), reasonUtf8=_reasonBytes(reason)
+            )
+
+    def clientClosed(self, code: int | None, reason: str | None) -> None:
+        """
+        The client's connection is gone.
+        """
+        self.clientGone = True
+        self.factory.sessionEnded(self)
+        if self._handshake is not None:
+            # The client left while a backend was being tried.
+            handshake, self._handshake = self._handshake, None
+            self._cancelTimer()
+            leg = self.leg
+            if leg is not None:
+                leg.dropConnection(abort=True)
+            elif self._connector is not None:
+                self._connector.disconnect()
+            self._release()
+            handshake.errback(Failure(ConnectionDeny(503, "client went away")))
+            return
+        self.closeStarted(self.client, code, reason)
+        self._release()
+
+    def legClosed(self, leg: BackendLeg, code: int | None, reason: str | None) -> None:
+        """
+        A backend leg's connection is gone.
+        """
+        if self._handshake is not None and leg is self.leg:
+            self.attemptFailed(
+                leg.factory.backend, leg.wasNotCleanReason or "handshake failed"
+            )
+            return
+        if leg is self.leg:
+            self.closeStarted(leg, code, reason)
+            self._release()
+
+    def shutdown(self) -> None:
+        """
+        The load balancer is stopping: refuse a client still connecting, and
+        close an open one (and its backend) with 1001 "going away".
+        """
+        if self._handshake is not None:
+            handshake, self._handshake = self._handshake, None
+            self._cancelTimer()
+            if self.leg is not None:
+                self.leg.dropConnection(abort=True)
+            elif self._connector is not None:
+                self._connector.disconnect()
+            self._release()
+            handshake.errback(Failure(ConnectionDeny(503, "load balancer stopping")))
+            return
+        if self.closing:
+            return
+        self.closing = True
+        client, leg = self.client, self.leg
+        reason = b"load balancer shutting down"
+        if leg is not None:
+            datapath.separate(client, leg)
+            if leg.state == _OPEN:
+                leg.sendCloseFrame(code=GOING_AWAY, reasonUtf8=reason)
+        if client.state == _OPEN:
+            client.sendCloseFrame(code=GOING_AWAY, reasonUtf8=reason)
+
+
+class RelayFactory(WebSocketServerFactory):
+    """
+    The client-facing WebSocket server: one L{ClientLeg} per client.
+
+    @ivar pool: the backends.
+    @ivar strategy: picks a backend per client.
+    @ivar settings: the configuration.
+    @ivar sessions: the sessions whose client is connected.
+    @ivar refusals: clients refused for want of a working backend.
+    """
+
+    protocol = ClientLeg
+    noisy = False
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        strategy: IStrategy,
+        settings: Settings,
+        reactor: Any = None,
+        whenReady: Callable[[], Deferred[None]] | None = None,
+        isSecure: bool = False,
+    ) -> None:
+        """
+        @param pool: the backends.
+        @param strategy: the balancing strategy.
+        @param settings: the configuration (retries, timeouts, limits).
+        @param reactor: provides L{IReactorTCP} and L{IReactorTime}; the
+            global reactor when C{None}.
+        @param whenReady: returns a Deferred that fires once every backend has
+            been health-checked; clients wait for it before a backend is
+            picked.
+        @param isSecure: whether clients connect over TLS (C{wss}).
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        super().__init__(server=None, reactor=reactor)
+        self.pool = pool
+        self.strategy = strategy
+        self.settings = settings
+        self.isSecure = isSecure
+        self.whenReady = whenReady or (lambda: succeed(None))
+        self.sessions: set[Session] = set()
+        self.refusals = 0
+        self.connections: set[WebSocketProtocol] = set()
+        self._drained: list[Deferred[None]] = []
+        attemptsTime = settings.connectTimeout * (settings.maxRetries + 1)
+        self.setProtocolOptions(
+            webStatus=False,
+            maxMessagePayloadSize=settings.maxMessageSize,
+            maxFramePayloadSize=settings.maxMessageSize,
+            openHandshakeTimeout=attemptsTime + 10,
+            closeHandshakeTimeout=5,
+            failByDrop=False,
+            perMessageCompressionAccept=lambda offers: None,
+        )
+        self._legTemplate = WebSocketClientFactory(reactor=reactor)
+        self._legTemplate.setProtocolOptions(
+            maxMessagePayloadSize=settings.maxMessageSize,
+            maxFramePayloadSize=settings.maxMessageSize,
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=5,
+            failByDrop=False,
+        )
+
+    def legFactory(
+        self, session: Session, backend: Backend, arguments: dict[str, Any]
+    ) -> BackendLegFactory:
+        """
+        A factory for one attempt to open C{session}'s leg to C{backend}.
+        """
+        factory = copy.copy(self._legTemplate)
+        factory.__class__ = BackendLegFactory
+        assert isinstance(factory, BackendLegFactory)
+        factory.setSessionParameters(
+            url=f"ws://{backend.host}:{backend.port}",
+            origin=arguments["origin"],
+            protocols=arguments["protocols"],
+            useragent=arguments["useragent"],
+            headers=arguments["headers"],
+        )
+        factory.resource = arguments["resource"]
+        factory.session = session
+        factory.relay = self
+        factory.backend = backend
+        return factory
+
+    def sessionEnded(self, session: Session) -> None:
+        """
+        Forget a session whose client has gone.
+        """
+        self.sessions.discard(session)
+
+    def connectionOpened(self, leg: WebSocketProtocol) -> None:
+        """
+        Track one more open connection (of either leg).
+        """
+        self.connections.add(leg)
+
+    def connectionClosed(self, leg: WebSocketProtocol) -> None:
+        """
+        Forget a closed connection; wake L{closeAll} when none is left.
+        """
+        self.connections.discard(leg)
+        if not self.connections and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def closeAll(self, timeout: float) -> Deferred[None]:
+        """
+        Close every client with 1001 and its backend leg, and wait until all
+        connections are gone or C{timeout} seconds have passed, after which
+        the rest are cut.
+
+        @return: a Deferred that fires when no connection is left.
+        """
+        for session in list(self.sessions):
+            session.shutdown()
+        if not self.connections:
+            return succeed(None)
+        drained: Deferred[None] = Deferred()
+        self._drained.append(drained)
+        clock: IReactorTime = self.reactor
+
+        def cutTheRest() -> None:
+            log.warn(
+                "{count} connection(s) did not close in {timeout}s; cutting them",
+                count=len(self.connections),
+                timeout=timeout,
+            )
+            for leg in list(self.connections):
+                leg.transport.abortConnection()  # type: ignore[attr-defined]
+
+        deadline = clock.callLater(timeout, cutTheRest)
+        drained.addBoth(lambda result: deadline.cancel() if deadline.active() else None)
+        return drained
