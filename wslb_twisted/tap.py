@@ -1,0 +1,143 @@
+"""
+The C{twistd wslb} command: its options and the service it runs.
+
+Named by the C{wslb} service maker in C{twisted/plugins/wslb_plugin.py}.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from wslb_twisted.config import ConfigError, Settings, loadSettings
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd wslb}.
+
+    Each option overrides its environment variable, which overrides the
+    C{.env} file, which overrides the default.  After parsing, C{settings}
+    holds the validated L{Settings}.
+
+    @ivar settings: the settings worked out in L{postOptions}.
+    """
+
+    settings: Settings
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the wslb WebSocket load balancer.  Every option can also be set "
+        "through the environment variable named in its help, or in a .env "
+        "file in the working directory; an option given here wins over the "
+        "environment, which wins over the .env file."
+    )
+
+    optParameters = [
+        [
+            "port",
+            None,
+            None,
+            "Client port number or server endpoint string, such as "
+            "tcp:3000:interface=127.0.0.1 "
+            "[LOAD_BALANCER_PORT, default: 3000].",
+        ],
+        [
+            "monitor-port",
+            None,
+            None,
+            "Monitoring API port number or server endpoint string "
+            "[LOAD_BALANCER_MONITORING_PORT, default: 3004].",
+        ],
+        [
+            "algorithm",
+            None,
+            None,
+            "Balancing algorithm: round-robin, least-connections, weighted, "
+            "ip-hash or an installed strategy plugin "
+            "[LOAD_BALANCER_ALGORITHM, default: round-robin].",
+        ],
+        [
+            "health-interval",
+            None,
+            None,
+            "Milliseconds between health checks of a backend "
+            "[HEALTH_CHECK_INTERVAL, default: 15000].",
+        ],
+        [
+            "health-timeout",
+            None,
+            None,
+            "Milliseconds before a health check counts as failed "
+            "[HEALTH_CHECK_TIMEOUT, default: 3000].",
+        ],
+        [
+            "max-retries",
+            None,
+            None,
+            "Further backends tried when connecting to the chosen one fails "
+            "[MAX_RETRIES, default: 3].",
+        ],
+        [
+            "connect-timeout",
+            None,
+            None,
+            "Milliseconds allowed per attempt for connecting to a backend and "
+            "its WebSocket handshake [BACKEND_CONNECT_TIMEOUT, default: 5000].",
+        ],
+        [
+            "backends",
+            None,
+            None,
+            'Backends as a JSON list of {"host", "port", "weight", '
+            '"healthPort", "healthPath", "id"} objects '
+            "[BACKEND_SERVERS, default: localhost:3001-3003].",
+        ],
+        [
+            "env-file",
+            None,
+            None,
+            "Read settings from this file instead of ./.env (it must exist).",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["backend"] = []
+        self["trusted-proxy"] = []
+
+    def opt_backend(self, value: str) -> None:
+        """A backend as host:port[:weight]; repeatable (or use --backends)."""
+        self["backend"].append(value)
+
+    def opt_trusted_proxy(self, value: str) -> None:
+        """A trusted proxy's address or CIDR network; repeatable [TRUSTED_PROXIES]."""
+        self["trusted-proxy"].append(value)
+
+    def postOptions(self) -> None:
+        """
+        Work out and validate the settings from the options given, the
+        environment and the C{.env} file.
+
+        @raise usage.UsageError: naming the bad setting and value, which
+            twistd prints without a traceback.
+        """
+        given = {name: value for name, value in self.items() if value is not None}
+        try:
+            self.settings = loadSettings(given, os.environ)
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+
+
+def makeService(options: Options) -> IService:
+    """
+    Make the load balancer's service from parsed options.
+
+    @param options: the parsed L{Options}.
+    @return: the service twistd runs.
+    """
+    from wslb_twisted.service import makeService as makeSettingsService
+
+    return makeSettingsService(options.settings)
