@@ -19,7 +19,7 @@ class IStrategy(Interface):
 
     name = Attribute("The name operators select this strategy by, e.g. C{'ip-hash'}.")
 
-    def pick(backends, clientAddress):  # type: ignore[no-untyped-def]
+    def pick(backends, clientAddress):  # type: ignore[no-untyped-def]  # noqa: N805
         """
         Choose one backend for a new connection.
 
