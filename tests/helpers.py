@@ -17,7 +17,12 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import Deferred, DeferredList, DeferredQueue, inlineCallbacks
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredQueue,
+    inlineCallbacks,
+)
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -105,7 +110,9 @@ class BackendServerFactory(WebSocketServerFactory):
         self.clients: list[BackendServerProtocol] = []
         self.received: list[tuple[bytes, bool]] = []
         self.opened: DeferredQueue[BackendServerProtocol] = DeferredQueue()
-        self.closes: DeferredQueue[tuple[bool, int | None, str | None]] = DeferredQueue()
+        self.closes: DeferredQueue[tuple[bool, int | None, str | None]] = (
+            DeferredQueue()
+        )
         self.streamPaused: Deferred[BackendServerProtocol] = Deferred()
         self.subprotocols: set[str] = {"quotes.v2", "quotes.v1"}
         self.refuseHandshake = False
@@ -143,13 +150,9 @@ class RunningBackend:
     port: Any
     healthPort: Any
 
-    @property
-    def portNumber(self) -> int:
-        return int(self.port.getHost().port)
-
-    @property
-    def healthPortNumber(self) -> int:
-        return int(self.healthPort.getHost().port)
+    def __post_init__(self) -> None:
+        self.portNumber = int(self.port.getHost().port)
+        self.healthPortNumber = int(self.healthPort.getHost().port)
 
     def spec(self, weight: int = 1) -> Backend:
         return Backend(
@@ -201,6 +204,10 @@ class RecordingClient(WebSocketClientProtocol):
 
     factory: RecordingClientFactory
 
+    def connectionMade(self) -> None:
+        self.factory.connection = self
+        super().connectionMade()
+
     def onConnect(self, response: Any) -> None:
         self.factory.response = response
 
@@ -240,6 +247,7 @@ class RecordingClientFactory(WebSocketClientFactory):
         self.messages: DeferredQueue[tuple[bytes, bool]] = DeferredQueue()
         self.response: Any = None
         self.protocolInstance: RecordingClient | None = None
+        self.connection: RecordingClient | None = None
         self.statusLine: str | None = None
         self.failure: str | None = None
         self.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
@@ -263,7 +271,9 @@ def connectClient(
     from twisted.internet import reactor
 
     factory = RecordingClientFactory(f"ws://127.0.0.1:{port}{path}", **kwargs)
-    reactor.connectTCP("127.0.0.1", port, factory, timeout=10, bindAddress=(sourceAddress, 0))
+    reactor.connectTCP(
+        "127.0.0.1", port, factory, timeout=10, bindAddress=(sourceAddress, 0)
+    )
     return factory
 
 
@@ -314,4 +324,6 @@ def startLoadBalancer(backends: list[Any], **overrides: Any) -> Any:
     service.privilegedStartService()
     service.startService()
     yield service.checker.whenFirstRoundDone()
-    return RunningLoadBalancer(service, [b for b in backends if isinstance(b, RunningBackend)])
+    return RunningLoadBalancer(
+        service, [b for b in backends if isinstance(b, RunningBackend)]
+    )

@@ -106,7 +106,7 @@ def _reasonBytes(reason: str | None) -> bytes | None:
     return encoded[:123].decode("utf-8", "ignore").encode("utf-8")
 
 
-class ClientLeg(datapath.MessageForwarding, WebSocketServerProtocol):
+class ClientLeg(datapath.MessageForwarding, WebSocketServerProtocol):  # type: ignore[misc]
     """
     The WebSocket connection from a client to the load balancer.
     """
@@ -122,7 +122,7 @@ class ClientLeg(datapath.MessageForwarding, WebSocketServerProtocol):
         super().connectionLost(reason)
         self.factory.connectionClosed(self)
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:
+    def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         """
         Hold the client's handshake until a backend has accepted its own.
         """
@@ -144,7 +144,9 @@ class ClientLeg(datapath.MessageForwarding, WebSocketServerProtocol):
         wasOpen = self.state == _OPEN
         violation = super().onCloseFrame(code, reasonRaw)
         if wasOpen and not violation and self.session is not None:
-            self.session.closeStarted(self, self.remoteCloseCode, self.remoteCloseReason)
+            self.session.closeStarted(
+                self, self.remoteCloseCode, self.remoteCloseReason
+            )
         return violation
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -155,7 +157,7 @@ class ClientLeg(datapath.MessageForwarding, WebSocketServerProtocol):
             self.session.clientClosed(code, reason)
 
 
-class BackendLeg(datapath.MessageForwarding, WebSocketClientProtocol):
+class BackendLeg(datapath.MessageForwarding, WebSocketClientProtocol):  # type: ignore[misc]
     """
     The WebSocket connection from the load balancer to a backend, on behalf
     of one client.
@@ -217,7 +219,7 @@ class BackendLegFactory(WebSocketClientFactory):
     cheaper than constructing a new factory.
     """
 
-    protocol = BackendLeg
+    protocol = BackendLeg  # type: ignore[assignment]
     noisy = False
     session: Session
     relay: RelayFactory
@@ -288,13 +290,14 @@ class Session:
             "useragent": headers.get("user-agent"),
             "headers": forwarded,
         }
-        self._handshake = Deferred()
+        handshake: Deferred[Any] = Deferred()
+        self._handshake = handshake
         ready = factory.whenReady()
         if ready.called:
             self._attempt()
         else:
             ready.addCallback(lambda _: self._attempt())
-        return self._handshake
+        return handshake
 
     def _attempt(self) -> None:
         if self.clientGone or self._handshake is None:
@@ -515,7 +518,7 @@ class RelayFactory(WebSocketServerFactory):
     @ivar refusals: clients refused for want of a working backend.
     """
 
-    protocol = ClientLeg
+    protocol = ClientLeg  # type: ignore[assignment]
     noisy = False
 
     def __init__(
@@ -560,6 +563,7 @@ class RelayFactory(WebSocketServerFactory):
             openHandshakeTimeout=attemptsTime + 10,
             closeHandshakeTimeout=5,
             failByDrop=False,
+            echoCloseCodeReason=True,
             perMessageCompressionAccept=lambda offers: None,
         )
         self._legTemplate = WebSocketClientFactory(reactor=reactor)
@@ -569,6 +573,7 @@ class RelayFactory(WebSocketServerFactory):
             openHandshakeTimeout=0,
             closeHandshakeTimeout=5,
             failByDrop=False,
+            echoCloseCodeReason=True,
         )
 
     def legFactory(

@@ -35,7 +35,9 @@ class ListeningService(Service):
     that runs on without its port.
     """
 
-    def __init__(self, description: str, setting: str, factory: Any, reactor: Any) -> None:
+    def __init__(
+        self, description: str, setting: str, factory: Any, reactor: Any
+    ) -> None:
         """
         @param description: the endpoint string, e.g. C{tcp:3000}.
         @param setting: what the operator configured it with, for messages.
