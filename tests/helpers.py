@@ -327,3 +327,19 @@ def startLoadBalancer(backends: list[Any], **overrides: Any) -> Any:
     return RunningLoadBalancer(
         service, [b for b in backends if isinstance(b, RunningBackend)]
     )
+
+
+async def waitUntil(predicate: Any, timeout: float = 10.0) -> None:
+    """
+    Wait until C{predicate()} is true, for load balancer state that has no
+    event of its own to await (it changes on the far end of a connection the
+    test cannot observe directly); fails after C{timeout} seconds.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await deferLater(reactor, 0.005, lambda: None)

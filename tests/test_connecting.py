@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from helpers import connectClient
+from helpers import connectClient, waitUntil
 from twisted.internet.protocol import Factory, Protocol
 
 
@@ -150,13 +150,11 @@ async def test_clientLeavingWhileConnectingReleasesTheBackend(backends, startLB)
         spec.port = silent.getHost().port
         lb = await startLB([spec], connectTimeout=30)
         client = connectClient(lb.port)
-        while not (lb.service.relay.sessions and _sessionLeg(lb)):
-            await _turn()
+        await waitUntil(lambda: lb.service.relay.sessions and _sessionLeg(lb))
         client.connection.transport.abortConnection()
         await _refused(client)
         await client.closed
-        while lb.service.relay.connections:
-            await _turn()
+        await waitUntil(lambda: not lb.service.relay.connections)
         assert lb.backend("backend-1").activeConnections == 0
     finally:
         await silent.stopListening()
@@ -164,15 +162,3 @@ async def test_clientLeavingWhileConnectingReleasesTheBackend(backends, startLB)
 
 def _sessionLeg(lb):
     return next(iter(lb.service.relay.sessions)).leg
-
-
-def _turn():
-    """
-    Let the reactor run a little: for waiting on state that has no event of
-    its own (the load balancer's internal progress), bounded by the test's
-    timeout.
-    """
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, 0.01, lambda: None)
