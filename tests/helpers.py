@@ -35,6 +35,9 @@ class BackendServerProtocol(WebSocketServerProtocol):
     A test backend: echoes every message, and obeys a few text commands:
 
       - C{"close:CODE:REASON"}: close with that code and reason;
+      - C{"blast:COUNT:SIZE"}: write COUNT binary messages of SIZE bytes at
+        once, ignoring backpressure (they pile up in its own transport when
+        the load balancer stops reading), then fire C{factory.blasted};
       - C{"drop"}: drop the TCP connection without a closing handshake;
       - C{"stream:SIZE"}: send binary messages of SIZE bytes until its
         transport's buffer is full, then fire C{factory.streamPaused}.
@@ -66,6 +69,12 @@ class BackendServerProtocol(WebSocketServerProtocol):
                 code
             ) >= 3000 else self.sendCloseFrame(int(code), reason.encode())
             return
+        if not isBinary and payload.startswith(b"blast:"):
+            _, count, size = payload.split(b":")
+            for n in range(int(count)):
+                self.sendMessage(n.to_bytes(4, "big") * (int(size) // 4), True)
+            self.factory.blasted.callback(self)
+            return
         if not isBinary and payload == b"drop":
             self.transport.abortConnection()
             return
@@ -76,7 +85,8 @@ class BackendServerProtocol(WebSocketServerProtocol):
             self.streamed = 0
             self.resumeProducing()
             return
-        self.sendMessage(payload, isBinary)
+        if self.factory.echo:
+            self.sendMessage(payload, isBinary)
 
     def resumeProducing(self) -> None:
         self._streaming = True
@@ -114,8 +124,10 @@ class BackendServerFactory(WebSocketServerFactory):
             DeferredQueue()
         )
         self.streamPaused: Deferred[BackendServerProtocol] = Deferred()
+        self.blasted: Deferred[BackendServerProtocol] = Deferred()
         self.subprotocols: set[str] = {"quotes.v2", "quotes.v1"}
         self.refuseHandshake = False
+        self.echo = True
         self.greeting: bytes | None = None
         self.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
 
@@ -343,3 +355,10 @@ async def waitUntil(predicate: Any, timeout: float = 10.0) -> None:
         if reactor.seconds() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await deferLater(reactor, 0.005, lambda: None)
+
+
+def bufferedBytes(transport: Any) -> int:
+    """
+    Bytes a Twisted TCP transport holds in user space, waiting to be sent.
+    """
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
