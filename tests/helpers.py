@@ -7,7 +7,10 @@ started in-process on ephemeral ports.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from autobahn.twisted.websocket import (
@@ -362,3 +365,44 @@ def bufferedBytes(transport: Any) -> int:
     Bytes a Twisted TCP transport holds in user space, waiting to be sent.
     """
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS_VARIABLES = (
+    "LOAD_BALANCER_PORT",
+    "LOAD_BALANCER_MONITORING_PORT",
+    "LOAD_BALANCER_ALGORITHM",
+    "HEALTH_CHECK_INTERVAL",
+    "HEALTH_CHECK_TIMEOUT",
+    "MAX_RETRIES",
+    "BACKEND_SERVERS",
+    "TRUSTED_PROXIES",
+    "BACKEND_CONNECT_TIMEOUT",
+)
+
+
+def twistdCommand() -> list[str]:
+    """
+    The twistd of the Python running the tests: the script beside
+    C{sys.executable}, or the module when there is none.
+    """
+    script = Path(sys.executable).with_name("twistd")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def twistdEnvironment(
+    environ: dict[str, str] | None = None, path: list[str] | None = None
+) -> dict[str, str]:
+    """
+    The environment for a twistd subprocess: this checkout (and C{path}) first
+    on the Python path, none of wslb's settings inherited, C{environ} added.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *(path or [])]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    env.update(environ or {})
+    return env

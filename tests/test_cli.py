@@ -6,37 +6,13 @@ no traceback.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO, twistdCommand, twistdEnvironment
+
 TIMEOUT = 60
 KNOWN = "(have: ip-hash, least-connections, round-robin, weighted)"
-SETTINGS_VARIABLES = (
-    "LOAD_BALANCER_PORT",
-    "LOAD_BALANCER_MONITORING_PORT",
-    "LOAD_BALANCER_ALGORITHM",
-    "HEALTH_CHECK_INTERVAL",
-    "HEALTH_CHECK_TIMEOUT",
-    "MAX_RETRIES",
-    "BACKEND_SERVERS",
-    "TRUSTED_PROXIES",
-    "BACKEND_CONNECT_TIMEOUT",
-)
-
-
-def twistdCommand() -> list[str]:
-    """
-    The twistd of the Python running the tests: the script beside
-    C{sys.executable}, or the module when there is none.
-    """
-    script = Path(sys.executable).with_name("twistd")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
 
 def runTwistd(
     cwd: Path, arguments: list[str], environ: dict[str, str] | None = None
@@ -45,11 +21,7 @@ def runTwistd(
     Run twistd in C{cwd} with this checkout first on the path, no pid file,
     none of the settings' variables inherited, and C{environ} added.
     """
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    )
-    env.update(environ or {})
+    env = twistdEnvironment(environ)
     return subprocess.run(
         [*twistdCommand(), "--pidfile=", *arguments],
         cwd=cwd,

@@ -4,7 +4,6 @@ Wiring: the health checker, the relay and the monitoring site as one service.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -57,8 +56,10 @@ class ListeningService(Service):
         """
         super().privilegedStartService()
         endpoint = serverFromString(self.reactor, self.description)
-        listening = endpoint.listen(self.factory)
-        listening.addCallbacks(self._listening, self._failed)
+        failures: list[Failure] = []
+        endpoint.listen(self.factory).addCallbacks(self._listening, failures.append)
+        if failures:
+            self._failed(failures[0])
 
     def _listening(self, port: Any) -> None:
         self.port = port
@@ -71,16 +72,10 @@ class ListeningService(Service):
         )
 
     def _failed(self, failure: Failure) -> None:
-        message = (
+        raise SystemExit(
             f"wslb: cannot listen on {self.description!r} ({self.setting}): "
             f"{failure.getErrorMessage()}"
         )
-        if self.reactor.running:
-            log.critical(message)
-            self.reactor.stop()
-        else:
-            sys.stderr.write(message + "\n")
-            raise SystemExit(1)
 
     def stopService(self) -> Deferred[None] | None:
         """
