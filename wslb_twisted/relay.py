@@ -463,6 +463,10 @@ class Session:
             self._release()
             handshake.errback(Failure(ConnectionDeny(503, "client went away")))
             return
+        if self.client.closedByMe and not self.closing:
+            # The load balancer failed the client (a protocol error, a size
+            # limit): to the backend, the client has simply gone away.
+            code, reason = GOING_AWAY, "client connection failed"
         self.closeStarted(self.client, code, reason)
         self._release()
 
@@ -476,6 +480,9 @@ class Session:
             )
             return
         if leg is self.leg:
+            if leg.closedByMe and not self.closing:
+                # The load balancer failed the backend leg (a protocol error).
+                code, reason = INTERNAL_ERROR, "backend connection failed"
             self.closeStarted(leg, code, reason)
             self._release()
 
