@@ -27,7 +27,7 @@ from twisted.internet.defer import (
     inlineCallbacks,
 )
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from wslb_twisted.backends import Backend
 from wslb_twisted.config import Settings
@@ -147,7 +147,30 @@ class HealthResource(Resource):
         self.name = name
         self.code = 200
 
-    def render_GET(self, request: Any) -> bytes:
+    def hold(self) -> None:
+        """
+        Keep health requests waiting until L{release}.
+        """
+        self.held: list[Any] | None = []
+
+    def release(self) -> None:
+        """
+        Answer the held health requests, and stop holding new ones.
+        """
+        held, self.held = self.held or [], None
+        for request in held:
+            request.write(self._answer(request))
+            request.finish()
+
+    held: list[Any] | None = None
+
+    def render_GET(self, request: Any) -> Any:
+        if self.held is not None:
+            self.held.append(request)
+            return NOT_DONE_YET
+        return self._answer(request)
+
+    def _answer(self, request: Any) -> bytes:
         request.setResponseCode(self.code)
         request.setHeader(b"content-type", b"application/json")
         return json.dumps({"name": self.name, "ok": self.code == 200}).encode()
