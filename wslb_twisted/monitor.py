@@ -1,0 +1,296 @@
+"""
+The monitoring API: a L{twisted.web} resource tree answering C{/health} and
+C{/status} with the JSON documents of the specification.
+
+The monitor only reads backend state; it never changes it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from wslb_twisted.backends import Backend, BackendPool
+
+__all__ = [
+    "HealthResource",
+    "MonitorResource",
+    "StatusResource",
+    "isoTimestamp",
+    "makeMonitorSite",
+]
+
+
+def isoTimestamp(seconds: float) -> str:
+    """
+    Format a POSIX time as the monitoring API does.
+
+    @param seconds: seconds since the epoch.
+    @return: UTC ISO 8601 with milliseconds and C{Z}, e.g.
+        C{"2024-01-01T00:00:00.000Z"}.
+    """
+    wholeSeconds, milliseconds = divmod(round(seconds * 1000), 1000)
+    moment = datetime.fromtimestamp(wholeSeconds, tz=UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{milliseconds:03d}Z"
+
+
+def _backendJSON(backend: Backend) -> dict[str, Any]:
+    lastCheck = backend.lastHealthCheck
+    return {
+        "id": backend.id,
+        "host": backend.host,
+        "port": backend.port,
+        "health": backend.healthy,
+        "activeConnections": backend.activeConnections,
+        "weight": backend.weight,
+        "lastHealthCheck": None if lastCheck is None else isoTimestamp(lastCheck),
+    }
+
+
+class _JSONResource(Resource):
+    """
+    A resource answering with JSON, for C{GET} and C{HEAD} only.
+
+    Subclasses implement L{document}.  A request with a path below this
+    resource (C{/health/foo}) is answered 404; a trailing slash is accepted.
+    """
+
+    isLeaf = True
+    allowedMethods = (b"GET", b"HEAD")
+    log = Logger()
+
+    def document(self, request: Request) -> tuple[int, object]:
+        """
+        The answer to a C{GET}.
+
+        @param request: the request being answered.
+        @return: the HTTP status code and the JSON-serializable body.
+        """
+        raise NotImplementedError()
+
+    def render(self, request: Request) -> bytes:
+        """
+        Answer with JSON: the document for C{GET} and C{HEAD}, a 405 for other
+        methods, a 404 for paths below this one and a 500 if the document
+        cannot be made.
+
+        @param request: the request being answered.
+        @return: the body (empty for C{HEAD}).
+        """
+        if request.postpath not in ([], [b""]):
+            return _notFound(request)
+        if request.method not in self.allowedMethods:
+            request.setHeader(b"Allow", b", ".join(self.allowedMethods))
+            return _respond(
+                request,
+                http.NOT_ALLOWED,
+                {
+                    "error": "method not allowed",
+                    "method": request.method.decode("latin-1"),
+                    "allowed": [m.decode("ascii") for m in self.allowedMethods],
+                },
+            )
+        try:
+            code, body = self.document(request)
+        except Exception:
+            self.log.failure("Could not render {path}", path=_path(request))
+            return _respond(
+                request, http.INTERNAL_SERVER_ERROR, {"error": "internal error"}
+            )
+        return _respond(request, code, body)
+
+
+def _path(request: Request) -> str:
+    return request.path.decode("utf-8", "replace")
+
+
+def _respond(request: Request, code: int, body: object) -> bytes:
+    payload = json.dumps(body).encode("utf-8") + b"\n"
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"Content-Length", b"%d" % (len(payload),))
+    if request.method == b"HEAD":
+        return b""
+    return payload
+
+
+def _notFound(request: Request) -> bytes:
+    return _respond(
+        request, http.NOT_FOUND, {"error": "not found", "path": _path(request)}
+    )
+
+
+class _NotFoundResource(Resource):
+    """
+    Any path the monitor does not know: 404 with a JSON body, whatever the
+    method.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return _notFound(request)
+
+
+class HealthResource(_JSONResource):
+    """
+    C{/health}: 200 when at least one backend is healthy, 503 when none is.
+
+    @ivar pool: the backends reported on.
+    @ivar algorithm: the name of the balancing strategy in use.
+    @ivar clock: provides C{seconds()} for the C{timestamp}.
+    """
+
+    def __init__(self, pool: BackendPool, algorithm: str, clock: IReactorTime) -> None:
+        """
+        @param pool: the backends to report on.
+        @param algorithm: the name of the balancing strategy in use.
+        @param clock: provides C{seconds()} for the C{timestamp}.
+        """
+        super().__init__()
+        self.pool = pool
+        self.algorithm = algorithm
+        self.clock = clock
+
+    def document(self, request: Request) -> tuple[int, object]:
+        """
+        The health document: overall C{status}, counts and every backend.
+
+        C{status} is C{"healthy"} when every backend is healthy, C{"degraded"}
+        when some are and C{"unhealthy"} when none is (or there are none).
+
+        @param request: the request being answered.
+        @return: the status code and the document.
+        """
+        backends = list(self.pool)
+        healthyCount = sum(1 for backend in backends if backend.healthy)
+        if healthyCount == 0:
+            status = "unhealthy"
+        elif healthyCount == len(backends):
+            status = "healthy"
+        else:
+            status = "degraded"
+        body = {
+            "status": status,
+            "timestamp": isoTimestamp(self.clock.seconds()),
+            "loadBalancer": {
+                "algorithm": self.algorithm,
+                "totalConnections": sum(b.activeConnections for b in backends),
+                "backendCount": len(backends),
+                "healthyBackends": healthyCount,
+            },
+            "backends": [_backendJSON(backend) for backend in backends],
+        }
+        code = http.OK if healthyCount else http.SERVICE_UNAVAILABLE
+        return code, body
+
+
+class StatusResource(_JSONResource):
+    """
+    C{/status}: 200 with the algorithm, the connection count and every
+    backend.
+
+    @ivar pool: the backends reported on.
+    @ivar algorithm: the name of the balancing strategy in use.
+    @ivar clock: provides C{seconds()} for the C{timestamp}.
+    """
+
+    def __init__(self, pool: BackendPool, algorithm: str, clock: IReactorTime) -> None:
+        """
+        @param pool: the backends to report on.
+        @param algorithm: the name of the balancing strategy in use.
+        @param clock: provides C{seconds()} for the C{timestamp}.
+        """
+        super().__init__()
+        self.pool = pool
+        self.algorithm = algorithm
+        self.clock = clock
+
+    def document(self, request: Request) -> tuple[int, object]:
+        """
+        The status document.
+
+        @param request: the request being answered.
+        @return: the status code (always 200) and the document.
+        """
+        backends = list(self.pool)
+        body = {
+            "loadBalancer": {
+                "algorithm": self.algorithm,
+                "totalConnections": sum(b.activeConnections for b in backends),
+                "backends": [_backendJSON(backend) for backend in backends],
+            },
+            "timestamp": isoTimestamp(self.clock.seconds()),
+        }
+        return http.OK, body
+
+
+class MonitorResource(Resource):
+    """
+    The root of the monitoring port: C{/health} and C{/status}; every other
+    path, C{/} included, is a JSON 404.
+    """
+
+    def __init__(self, pool: BackendPool, algorithm: str, clock: IReactorTime) -> None:
+        """
+        @param pool: the backends to report on.
+        @param algorithm: the name of the balancing strategy in use.
+        @param clock: provides C{seconds()} for timestamps (the reactor, or a
+            L{twisted.internet.task.Clock} in tests).
+        """
+        super().__init__()
+        self.putChild(b"health", HealthResource(pool, algorithm, clock))
+        self.putChild(b"status", StatusResource(pool, algorithm, clock))
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        """
+        Any child not registered (including the empty one of C{/}) is a 404.
+
+        @param path: the path segment.
+        @param request: the request being answered.
+        @return: a resource answering 404.
+        """
+        return _NotFoundResource()
+
+    def render(self, request: Request) -> bytes:
+        """
+        Nothing lives at the root yet (a dashboard may, later): a JSON 404.
+
+        @param request: the request being answered.
+        @return: the 404 body.
+        """
+        return _notFound(request)
+
+
+class _QuietSite(Site):
+    """
+    A L{Site} that keeps no access log: monitoring is scraped every few
+    seconds, and a line per scrape would drown the log.
+    """
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
+def makeMonitorSite(pool: BackendPool, algorithm: str, clock: IReactorTime) -> Site:
+    """
+    Make the HTTP factory for the monitoring port.
+
+    @param pool: the backends to report on.
+    @param algorithm: the name of the balancing strategy in use.
+    @param clock: provides C{seconds()} for timestamps.
+    @return: a quiet L{Site} (no factory start/stop lines, no access log).
+    """
+    site = _QuietSite(MonitorResource(pool, algorithm, clock), logPath=None)
+    site.displayTracebacks = False
+    return site
