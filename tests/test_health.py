@@ -226,10 +226,10 @@ def test_firstFailureIsLogged(harness: CheckerHarness) -> None:
     )
 
 
-def test_repeatedFailuresLoggedOnlyAtDebug(harness: CheckerHarness) -> None:
+def test_repeatedFailuresAreNotLoggedAgain(harness: CheckerHarness) -> None:
     """
-    Further failed checks of an unhealthy backend are logged at debug level
-    only, not as changes.
+    Further failed checks of an unhealthy backend log nothing: operators see
+    each change once, and the failures are counted on the backend.
     """
     harness.checker.startService()
     backend = harness.pool.backends[0]
@@ -237,8 +237,9 @@ def test_repeatedFailuresLoggedOnlyAtDebug(harness: CheckerHarness) -> None:
     harness.nextRound()
     harness.probe.finish(backend, False)
     later = [e for e in harness.events if e.get("backendId") == "backend-1"][1:]
-    assert [e["log_level"].name for e in later] == ["debug"]
+    assert later == []
     assert len(harness.transitions()) == 1
+    assert backend.healthCheckFailures == 2
 
 
 def test_logEventIsStructured(harness: CheckerHarness) -> None:

@@ -53,7 +53,6 @@ from wslb_twisted.backends import Backend, BackendPool
 
 __all__ = [
     "HEALTH_CHANGED",
-    "HEALTH_CHECK_FAILED",
     "HTTPHealthProbe",
     "HealthCheckResult",
     "HealthChecker",
@@ -67,11 +66,7 @@ The C{event} key of the log event emitted when a backend's health becomes
 known or changes.
 """
 
-HEALTH_CHECK_FAILED = "backend_health_check_failed"
-"""
-The C{event} key of the (debug) log event emitted when a backend that is
-already unhealthy fails another check.
-"""
+
 
 _USER_AGENT = b"wslb-health-check"
 
@@ -473,15 +468,6 @@ class HealthChecker(Service):
                 healthy=result.passed,
                 state="healthy" if result.passed else "unhealthy",
                 previousState=previous,
-                reason=result.reason,
-            )
-        elif not result.passed:
-            self.log.debug(
-                "backend {backendId} ({address}) is still unhealthy: {reason}",
-                event=HEALTH_CHECK_FAILED,
-                backendId=backend.id,
-                address=backend.address,
-                healthy=False,
                 reason=result.reason,
             )
 
