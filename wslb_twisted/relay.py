@@ -319,9 +319,9 @@ class Session:
         self._connector = factory.reactor.connectTCP(
             backend.host, backend.port, legFactory, timeout=timeout
         )
-        self._timer = factory.reactor.callLater(timeout, self._attemptTimedOut, backend)
+        self._timer = factory.reactor.callLater(timeout, self._attemptTimedOut)
 
-    def _attemptTimedOut(self, backend: Backend) -> None:
+    def _attemptTimedOut(self) -> None:
         self._timer = None
         self._timedOut = True
         leg = self.leg
@@ -389,6 +389,21 @@ class Session:
         if handshake is not None:
             handshake.errback(Failure(ConnectionDeny(503, "no backend available")))
 
+    def _abandonAttempt(self, reason: str) -> None:
+        """
+        Stop the attempt under way and answer the client's handshake with 503
+        (if the client is still there to read it).
+        """
+        handshake, self._handshake = self._handshake, None
+        self._cancelTimer()
+        if self.leg is not None:
+            self.leg.dropConnection(abort=True)
+        elif self._connector is not None:
+            self._connector.disconnect()
+        self._release()
+        if handshake is not None:
+            handshake.errback(Failure(ConnectionDeny(503, reason)))
+
     def _cancelTimer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -452,16 +467,7 @@ class Session:
         self.clientGone = True
         self.factory.sessionEnded(self)
         if self._handshake is not None:
-            # The client left while a backend was being tried.
-            handshake, self._handshake = self._handshake, None
-            self._cancelTimer()
-            leg = self.leg
-            if leg is not None:
-                leg.dropConnection(abort=True)
-            elif self._connector is not None:
-                self._connector.disconnect()
-            self._release()
-            handshake.errback(Failure(ConnectionDeny(503, "client went away")))
+            self._abandonAttempt("client went away")
             return
         if self.client.closedByMe and not self.closing:
             # The load balancer failed the client (a protocol error, a size
@@ -492,14 +498,7 @@ class Session:
         close an open one (and its backend) with 1001 "going away".
         """
         if self._handshake is not None:
-            handshake, self._handshake = self._handshake, None
-            self._cancelTimer()
-            if self.leg is not None:
-                self.leg.dropConnection(abort=True)
-            elif self._connector is not None:
-                self._connector.disconnect()
-            self._release()
-            handshake.errback(Failure(ConnectionDeny(503, "load balancer stopping")))
+            self._abandonAttempt("load balancer stopping")
             return
         if self.closing:
             return
