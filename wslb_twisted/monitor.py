@@ -140,9 +140,9 @@ class _NotFoundResource(Resource):
         return _notFound(request)
 
 
-class HealthResource(_JSONResource):
+class _PoolResource(_JSONResource):
     """
-    C{/health}: 200 when at least one backend is healthy, 503 when none is.
+    A JSON document about the backend pool.
 
     @ivar pool: the backends reported on.
     @ivar algorithm: the name of the balancing strategy in use.
@@ -159,6 +159,12 @@ class HealthResource(_JSONResource):
         self.pool = pool
         self.algorithm = algorithm
         self.clock = clock
+
+
+class HealthResource(_PoolResource):
+    """
+    C{/health}: 200 when at least one backend is healthy, 503 when none is.
+    """
 
     def document(self, request: Request) -> tuple[int, object]:
         """
@@ -193,26 +199,11 @@ class HealthResource(_JSONResource):
         return code, body
 
 
-class StatusResource(_JSONResource):
+class StatusResource(_PoolResource):
     """
     C{/status}: 200 with the algorithm, the connection count and every
     backend.
-
-    @ivar pool: the backends reported on.
-    @ivar algorithm: the name of the balancing strategy in use.
-    @ivar clock: provides C{seconds()} for the C{timestamp}.
     """
-
-    def __init__(self, pool: BackendPool, algorithm: str, clock: IReactorTime) -> None:
-        """
-        @param pool: the backends to report on.
-        @param algorithm: the name of the balancing strategy in use.
-        @param clock: provides C{seconds()} for the C{timestamp}.
-        """
-        super().__init__()
-        self.pool = pool
-        self.algorithm = algorithm
-        self.clock = clock
 
     def document(self, request: Request) -> tuple[int, object]:
         """
