@@ -11,6 +11,12 @@ from wslb_twisted.plugin import StrategyPlugin
 wslb = ServiceMaker(
     "wslb", "wslb_twisted.tap", "A WebSocket load balancer.", "wslb"
 )
+wslbBackend = ServiceMaker(
+    "wslb-backend",
+    "wslb_twisted.demo.backend_tap",
+    "A demo stock-quote WebSocket backend.",
+    "wslb-backend",
+)
 
 roundRobin = StrategyPlugin(
     "round-robin",
