@@ -75,7 +75,7 @@ async def test_noHealthyBackendMeans503(backends, startLB):
     lb = await startLB(backends)
     client = connectClient(lb.port)
     assert "503" in await _refused(client)
-    assert lb.service.relay.refusals == 1
+    assert lb.service.relay.refusals == {"no_healthy_backend": 1}
 
 
 @pytest_twisted.ensureDeferred
@@ -91,6 +91,7 @@ async def test_allBackendsFailingMeans503(backends, startLB):
     assert "503" in await _refused(client)
     assert [b.activeConnections for b in lb.service.pool] == [0, 0, 0]
     assert [b.connectFailures for b in lb.service.pool] == [1, 1, 1]
+    assert lb.service.relay.refusals == {"backends_failed": 1}
 
 
 class _Silent(Protocol):

@@ -65,7 +65,7 @@ async def test_clientsWaitForTheFirstHealthChecks(backends):
         await waitUntil(lambda: service.relay.sessions)
         await waitUntil(lambda: backends[0].health.held)
         assert not client.opened.called
-        assert service.relay.refusals == 0
+        assert service.relay.refusals == {}
         backends[0].health.release()
         await client.opened
         assert len(backends[0].factory.requests) == 1

@@ -159,3 +159,23 @@ async def test_trustedProxyForwardedForIsExtended(backends, startLB):
     headers = backends[0].factory.requests[0].headers
     assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
     assert headers["x-real-ip"] == "203.0.113.7"
+
+
+@pytest_twisted.ensureDeferred
+async def test_trafficIsCountedPerBackendAndDirection(backends, startLB):
+    """
+    Messages and payload bytes are counted on the backend that carried them,
+    separately towards the backend and towards clients.
+    """
+    backends[0].factory.greeting = b"hi!"
+    lb = await startLB(backends[:1])
+    client = connectClient(lb.port)
+    protocol = await client.opened
+    await client.messages.get()
+    protocol.sendMessage(b"12345", False)
+    protocol.sendMessage(b"\x00" * 10, True)
+    await client.messages.get()
+    await client.messages.get()
+    backend = lb.backend("backend-1")
+    assert (backend.messagesToBackend, backend.bytesToBackend) == (2, 15)
+    assert (backend.messagesToClient, backend.bytesToClient) == (3, 18)

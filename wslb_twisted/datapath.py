@@ -65,14 +65,43 @@ class MessageForwarding:
 
     C{other} is assigned by L{join} (and by a session moving a client to a
     new backend); until then it is a L{PendingMessages} queue or C{None}.
+    C{backend} is the L{wslb_twisted.backends.Backend} whose counters the
+    leg's traffic is added to.
     """
 
     other: Any = None
+    backend: Any = None
+
+
+class ClientForwarding(MessageForwarding):
+    """
+    The client leg's data phase: messages go to the backend leg, counted on
+    the backend as traffic towards it.
+    """
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """
-        Forward one whole message to the other leg.
+        Forward one whole message from the client to its backend.
         """
+        backend = self.backend
+        backend.messagesToBackend += 1
+        backend.bytesToBackend += len(payload)
+        self.other.sendMessage(payload, isBinary)
+
+
+class BackendForwarding(MessageForwarding):
+    """
+    The backend leg's data phase: messages go to the client leg, counted on
+    the backend as traffic towards clients.
+    """
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """
+        Forward one whole message from the backend to its client.
+        """
+        backend = self.backend
+        backend.messagesToClient += 1
+        backend.bytesToClient += len(payload)
         self.other.sendMessage(payload, isBinary)
 
 
@@ -131,7 +160,7 @@ class DiscardMessages:
 DISCARD = DiscardMessages()
 
 
-def join(client: MessageForwarding, backend: MessageForwarding) -> None:
+def join(client: MessageForwarding, leg: MessageForwarding) -> None:
     """
     Connect two open legs: messages flow both ways, and each leg's transport
     throttles the other's reading (backpressure both ways).
@@ -139,15 +168,16 @@ def join(client: MessageForwarding, backend: MessageForwarding) -> None:
     Messages the backend sent before the client was open are delivered first.
 
     @param client: the client-facing leg, open.
-    @param backend: the backend leg, open.
+    @param leg: the backend leg, open.
     """
-    pending = backend.other
-    client.other = backend
-    backend.other = client
+    pending = leg.other
+    client.other = leg
+    leg.other = client
+    client.backend = leg.backend
     clientTransport = client.transport  # type: ignore[attr-defined]
-    backendTransport = backend.transport  # type: ignore[attr-defined]
-    clientTransport.registerProducer(PauseReading(backendTransport), True)
-    backendTransport.registerProducer(PauseReading(clientTransport), True)
+    legTransport = leg.transport  # type: ignore[attr-defined]
+    clientTransport.registerProducer(PauseReading(legTransport), True)
+    legTransport.registerProducer(PauseReading(clientTransport), True)
     if isinstance(pending, PendingMessages):
         pending.replayTo(client)  # type: ignore[arg-type]
 

@@ -48,6 +48,13 @@ _SENDABLE_CODES = frozenset(WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED)
 GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
 
+NO_HEALTHY_BACKEND = "no_healthy_backend"
+"""A client was refused because no backend was in rotation."""
+BACKENDS_FAILED = "backends_failed"
+"""A client was refused because every backend tried for it failed."""
+SHUTTING_DOWN = "shutting_down"
+"""A client was refused because the load balancer was stopping."""
+
 # Request headers the load balancer does not pass to the backend: those of the
 # WebSocket handshake itself (the backend leg makes its own), hop-by-hop
 # headers, and those it sets itself.
@@ -106,7 +113,7 @@ def _reasonBytes(reason: str | None) -> bytes | None:
     return encoded[:123].decode("utf-8", "ignore").encode("utf-8")
 
 
-class ClientLeg(datapath.MessageForwarding, WebSocketServerProtocol):  # type: ignore[misc]
+class ClientLeg(datapath.ClientForwarding, WebSocketServerProtocol):  # type: ignore[misc]
     """
     The WebSocket connection from a client to the load balancer.
     """
@@ -157,7 +164,7 @@ class ClientLeg(datapath.MessageForwarding, WebSocketServerProtocol):  # type: i
             self.session.clientClosed(code, reason)
 
 
-class BackendLeg(datapath.MessageForwarding, WebSocketClientProtocol):  # type: ignore[misc]
+class BackendLeg(datapath.BackendForwarding, WebSocketClientProtocol):  # type: ignore[misc]
     """
     The WebSocket connection from the load balancer to a backend, on behalf
     of one client.
@@ -170,6 +177,7 @@ class BackendLeg(datapath.MessageForwarding, WebSocketClientProtocol):  # type: 
     def connectionMade(self) -> None:
         self.factory.relay.connectionOpened(self)
         self.other = datapath.PendingMessages()
+        self.backend = self.factory.backend
         super().connectionMade()
         self.factory.session.legConnected(self)
 
@@ -304,11 +312,11 @@ class Session:
             return
         factory = self.factory
         candidates = factory.pool.healthy(exclude=self.tried)
-        if not candidates:
-            self._refuse(self._lastFailure or "no healthy backend")
+        if not candidates and not self.tried:
+            self._refuse(NO_HEALTHY_BACKEND, "no healthy backend")
             return
-        if len(self.tried) > factory.settings.maxRetries:
-            self._refuse(self._lastFailure)
+        if not candidates or len(self.tried) > factory.settings.maxRetries:
+            self._refuse(BACKENDS_FAILED, self._lastFailure)
             return
         backend = factory.strategy.pick(candidates, self.clientAddress)
         self.tried.append(backend)
@@ -376,9 +384,10 @@ class Session:
         )
         self._attempt()
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, kind: str, reason: str) -> None:
         handshake, self._handshake = self._handshake, None
-        self.factory.refusals += 1
+        refusals = self.factory.refusals
+        refusals[kind] = refusals.get(kind, 0) + 1
         log.warn(
             "refused client {client} after {attempts} attempt(s): {reason}",
             client=self.clientAddress,
@@ -498,6 +507,8 @@ class Session:
         close an open one (and its backend) with 1001 "going away".
         """
         if self._handshake is not None:
+            refusals = self.factory.refusals
+            refusals[SHUTTING_DOWN] = refusals.get(SHUTTING_DOWN, 0) + 1
             self._abandonAttempt("load balancer stopping")
             return
         if self.closing:
@@ -521,7 +532,8 @@ class RelayFactory(WebSocketServerFactory):
     @ivar strategy: picks a backend per client.
     @ivar settings: the configuration.
     @ivar sessions: the sessions whose client is connected.
-    @ivar refusals: clients refused for want of a working backend.
+    @ivar refusals: clients refused with 503, by reason: L{NO_HEALTHY_BACKEND},
+        L{BACKENDS_FAILED} or L{SHUTTING_DOWN}.
     """
 
     protocol = ClientLeg  # type: ignore[assignment]
@@ -558,7 +570,7 @@ class RelayFactory(WebSocketServerFactory):
         self.isSecure = isSecure
         self.whenReady = whenReady or (lambda: succeed(None))
         self.sessions: set[Session] = set()
-        self.refusals = 0
+        self.refusals: dict[str, int] = {}
         self.connections: set[WebSocketProtocol] = set()
         self._drained: list[Deferred[None]] = []
         attemptsTime = settings.connectTimeout * (settings.maxRetries + 1)
