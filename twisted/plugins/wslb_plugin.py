@@ -17,6 +17,12 @@ wslbBackend = ServiceMaker(
     "A demo stock-quote WebSocket backend.",
     "wslb-backend",
 )
+wslbDemo = ServiceMaker(
+    "wslb-demo",
+    "wslb_twisted.demo.demo_tap",
+    "Three demo quote backends and the load balancer in one process.",
+    "wslb-demo",
+)
 
 roundRobin = StrategyPlugin(
     "round-robin",

@@ -97,7 +97,6 @@ class QuoteServerProtocol(WebSocketServerProtocol):
     """
 
     factory: QuoteServerFactory
-    log = Logger()
 
     def __init__(self) -> None:
         super().__init__()
@@ -131,7 +130,7 @@ class QuoteServerProtocol(WebSocketServerProtocol):
         except _ClientError as error:
             reply = {"type": "error", "error": str(error)}
         except Exception:
-            self.log.failure("Could not handle a message from {peer}", peer=self.peer)
+            log.failure("Could not handle a message from {peer}", peer=self.peer)
             reply = {"type": "error", "error": "internal error"}
         self.sendJSON(reply)
 
@@ -249,7 +248,6 @@ class QuoteServerFactory(WebSocketServerFactory):
 
     protocol = QuoteServerProtocol  # type: ignore[assignment]
     noisy = False
-    log = Logger()
 
     def __init__(self, source: IQuoteSource, name: str, clock: IReactorTime) -> None:
         """
@@ -341,7 +339,7 @@ class QuoteServerFactory(WebSocketServerFactory):
                 for client in list(subscribers):
                     client.sendQuote(prepared)
         except Exception:
-            self.log.failure("Could not send quotes")
+            log.failure("Could not send quotes")
 
     def closeAll(self, reactor: IReactorTime, timeout: float) -> Deferred[None]:
         """
