@@ -132,7 +132,12 @@ class BackendServerFactory(WebSocketServerFactory):
         self.refuseHandshake = False
         self.echo = True
         self.greeting: bytes | None = None
-        self.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+        self.setProtocolOptions(
+            maxMessagePayloadSize=0,
+            maxFramePayloadSize=0,
+            echoCloseCodeReason=True,
+            failByDrop=False,
+        )
 
 
 class HealthResource(Resource):

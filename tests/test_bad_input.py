@@ -40,7 +40,8 @@ async def test_oversizeMessageCloses1009(backends, startLB):
 async def test_invalidUtf8Closes1007(backends, startLB):
     """
     A text message that is not valid UTF-8 closes that client with 1007
-    (invalid payload); another client goes on.
+    (invalid payload): the load balancer passes frames through unvalidated,
+    and the backend's 1007 reaches the client.  Another client goes on.
     """
     lb = await startLB(backends[:1])
     goodProtocol, good, badProtocol, bad = await _openPair(lb)

@@ -12,7 +12,8 @@ from helpers import connectClient
 async def test_clientCloseCodeReachesBackend(backends, startLB):
     """
     A client closing with 4001 and a reason closes its backend connection
-    with the same code and reason, cleanly.
+    with the same code and reason, cleanly, and the client gets the
+    backend's answer (which echoes the code).
     """
     lb = await startLB(backends[:1])
     client = connectClient(lb.port)

@@ -1,108 +1,56 @@
 """
-The data phase: what happens to messages once a client and its backend leg
-are both open.
+The data phase: what happens to bytes once a client and its backend leg are
+both open.
 
-This module is the whole per-message path of the load balancer, kept in one
-place so it can be replaced wholesale (for example by frame-level forwarding)
-without touching connection setup, balancing or health.  Every line here runs
-once per message: no logging, no dict building, no branching that can be
-decided at join time.
+Autobahn does both opening handshakes; from then on frames are forwarded as
+bytes.  Client frames stay masked on their way to the backend, backend frames
+stay unmasked on their way to the client, and each read goes out in the chunk
+it arrived in.  Only frame headers are parsed: to know message boundaries, to
+enforce the size limit and the framing rules a relay must check, and to see
+the closing handshake through.  Nothing is unmasked, validated or re-framed;
+UTF-8 validity is the endpoints' business (a backend's 1007 reaches the
+client as is).
+
+This module is the whole per-message path of the load balancer.  Every line
+in L{Direction.received} runs once per read: no logging, no dict building, no
+per-message objects.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import os
+from typing import Any
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from zope.interface import implementer
 
+PROTOCOL_ERROR = 1002
+MESSAGE_TOO_BIG = 1009
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
 
-class MessageSink(Protocol):
+CLOSE_TIMEOUT = 5.0
+"""
+Seconds a side is given to answer a close frame (or, for a backend, to drop
+its connection after the closing handshake) before its connection is cut.
+"""
+
+
+def closeFrame(code: int | None, reason: bytes = b"", masked: bool = False) -> bytes:
     """
-    Where a leg sends the messages it receives: the other leg, or a queue
-    while the other leg is not open yet.
+    Encode a close frame.
+
+    @param code: the close code, or C{None} for a close frame without one.
+    @param reason: the UTF-8 reason, at most 123 bytes.
+    @param masked: whether to mask it (frames to a backend must be).
+    @return: the frame.
     """
-
-    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
-        """
-        Send (or hold) one whole WebSocket message.
-        """
-
-
-class PendingMessages:
-    """
-    Messages that arrive from a backend before its client's WebSocket is open.
-
-    The client's handshake is answered only once the backend's is done, so a
-    backend may speak first; what it says is held here and replayed, in order,
-    when the client opens.
-    """
-
-    __slots__ = ("messages",)
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[bytes, bool]] = []
-
-    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
-        """
-        Hold one message until L{replayTo} is called.
-        """
-        self.messages.append((payload, isBinary))
-
-    def replayTo(self, sink: MessageSink) -> None:
-        """
-        Send every held message to C{sink}, in arrival order.
-        """
-        messages, self.messages = self.messages, []
-        for payload, isBinary in messages:
-            sink.sendMessage(payload, isBinary)
-
-
-class MessageForwarding:
-    """
-    Mixin for both legs (Autobahn protocols): every message received is sent
-    on to C{self.other}, text or binary as it came.
-
-    C{other} is assigned by L{join} (and by a session moving a client to a
-    new backend); until then it is a L{PendingMessages} queue or C{None}.
-    C{backend} is the L{wslb_twisted.backends.Backend} whose counters the
-    leg's traffic is added to.
-    """
-
-    other: Any = None
-    backend: Any = None
-
-
-class ClientForwarding(MessageForwarding):
-    """
-    The client leg's data phase: messages go to the backend leg, counted on
-    the backend as traffic towards it.
-    """
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        """
-        Forward one whole message from the client to its backend.
-        """
-        backend = self.backend
-        backend.messagesToBackend += 1
-        backend.bytesToBackend += len(payload)
-        self.other.sendMessage(payload, isBinary)
-
-
-class BackendForwarding(MessageForwarding):
-    """
-    The backend leg's data phase: messages go to the client leg, counted on
-    the backend as traffic towards clients.
-    """
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        """
-        Forward one whole message from the backend to its client.
-        """
-        backend = self.backend
-        backend.messagesToClient += 1
-        backend.bytesToClient += len(payload)
-        self.other.sendMessage(payload, isBinary)
+    payload = b"" if code is None else code.to_bytes(2, "big") + reason[:123]
+    if not masked:
+        return bytes((0x88, len(payload))) + payload
+    key = os.urandom(4)
+    body = bytes(byte ^ key[i & 3] for i, byte in enumerate(payload))
+    return bytes((0x88, 0x80 | len(payload))) + key + body
 
 
 @implementer(IPushProducer)
@@ -114,7 +62,7 @@ class PauseReading:
     C{source} while that transport's send buffer is full, so a slow reader on
     one side slows its peer instead of filling the load balancer's memory.
     Unlike registering C{source} itself, stopping does not close C{source}:
-    closing is the session's business, done with WebSocket close frames.
+    closing is the pipe's business, done with close frames.
     """
 
     __slots__ = ("source",)
@@ -139,60 +87,385 @@ class PauseReading:
 
     def stopProducing(self) -> None:
         """
-        Nothing: the session closes both legs with WebSocket close frames.
+        Nothing: the pipe closes both legs with close frames.
         """
 
 
-class DiscardMessages:
+def _discard(data: bytes) -> None:
+    pass
+
+
+class Side:
     """
-    The sink of a leg whose peer is closing or gone: messages still in flight
-    from it are dropped, as the peer can no longer take them.
+    One end of a pipe (the client, or the backend) and where its closing
+    handshake stands.
+
+    @ivar transport: its connection.
+    @ivar masked: whether frames sent to it must be masked (a backend).
+    @ivar sentClose: a close frame has been sent to it.
+    @ivar gotClose: it has sent a close frame.
+    @ivar connected: its connection is still up.
+    @ivar timer: cuts its connection if the closing handshake stalls.
     """
 
-    __slots__ = ()
+    __slots__ = ("transport", "masked", "sentClose", "gotClose", "connected", "timer")
 
-    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
+    def __init__(self, transport: Any, masked: bool) -> None:
+        self.transport = transport
+        self.masked = masked
+        self.sentClose = False
+        self.gotClose = False
+        self.connected = True
+        self.timer: IDelayedCall | None = None
+
+    def sendClose(self, code: int | None, reason: bytes = b"") -> None:
         """
-        Drop one message.
+        Send this side a close frame, once.
         """
+        if self.sentClose or not self.connected:
+            return
+        self.sentClose = True
+        self.transport.write(closeFrame(code, reason, self.masked))
 
 
-DISCARD = DiscardMessages()
-
-
-def join(client: MessageForwarding, leg: MessageForwarding) -> None:
+class Direction:
     """
-    Connect two open legs: messages flow both ways, and each leg's transport
-    throttles the other's reading (backpressure both ways).
+    The frames one side sends to the other: headers are parsed as they pass,
+    payloads are not touched, and the bytes are written on in the chunks they
+    arrived in.
 
-    Messages the backend sent before the client was open are delivered first.
-
-    @param client: the client-facing leg, open.
-    @param leg: the backend leg, open.
+    @ivar write: writes to the other side (a no-op once it is gone).
+    @ivar remaining: payload bytes of the current frame still to pass.
+    @ivar partial: the start of a frame header split across reads.
+    @ivar fragmented: a fragmented data message is under way.
+    @ivar messageSize: payload bytes of the data message under way.
     """
-    pending = leg.other
-    client.other = leg
-    leg.other = client
-    client.backend = leg.backend
-    clientTransport = client.transport  # type: ignore[attr-defined]
-    legTransport = leg.transport  # type: ignore[attr-defined]
-    clientTransport.registerProducer(PauseReading(legTransport), True)
-    legTransport.registerProducer(PauseReading(clientTransport), True)
-    if isinstance(pending, PendingMessages):
-        pending.replayTo(client)  # type: ignore[arg-type]
+
+    __slots__ = (
+        "pipe",
+        "source",
+        "target",
+        "write",
+        "remaining",
+        "partial",
+        "fragmented",
+        "messageSize",
+        "limit",
+        "maskBit",
+        "counters",
+        "toBackend",
+        "closing",
+    )
+
+    def __init__(
+        self, pipe: Pipe, source: Side, target: Side, limit: int, counters: Any
+    ) -> None:
+        """
+        @param pipe: the pipe this direction belongs to.
+        @param source: the side whose frames these are.
+        @param target: the side they go to.
+        @param limit: the largest message payload accepted, in bytes.
+        @param counters: the L{wslb_twisted.backends.Backend} counting the
+            traffic.
+        """
+        self.pipe = pipe
+        self.source = source
+        self.target = target
+        self.write = target.transport.write
+        self.remaining = 0
+        self.partial = b""
+        self.fragmented = False
+        self.messageSize = 0
+        self.limit = limit
+        self.toBackend = target.masked
+        # Frames from a client must be masked; frames from a backend must not.
+        self.maskBit = 0x80 if self.toBackend else 0
+        self.counters = counters
+        self.closing = False
+
+    def received(self, data: bytes) -> None:
+        """
+        Parse the frame headers in C{data} and forward it.
+
+        @param data: bytes read from the source.
+        """
+        remaining = self.remaining
+        if not self.partial and remaining >= len(data):
+            # The whole read is payload of a frame under way.
+            self.remaining = remaining - len(data)
+            self.write(data)
+            return
+        if self.closing:
+            return
+        if self.partial:
+            data = self.partial + data
+            self.partial = b""
+        end = len(data)
+        pos = 0
+        messages = payloadBytes = 0
+        while True:
+            if remaining:
+                if remaining >= end - pos:
+                    remaining -= end - pos
+                    pos = end
+                    break
+                pos += remaining
+                remaining = 0
+            if pos == end:
+                break
+            if end - pos < 2:
+                self.partial = data[pos:]
+                break
+            first = data[pos]
+            second = data[pos + 1]
+            length = second & 0x7F
+            header = 2
+            if length == 126:
+                header = 4
+            elif length == 127:
+                header = 10
+            if second & 0x80:
+                header += 4
+            if end - pos < header:
+                self.partial = data[pos:]
+                break
+            if length == 126:
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            opcode = first & 0x0F
+            if (second & 0x80) != self.maskBit or first & 0x70:
+                self._failAt(data, pos, PROTOCOL_ERROR, b"bad frame header")
+                return
+            if opcode & 0x08:
+                if not first & 0x80 or length > 125:
+                    self._failAt(data, pos, PROTOCOL_ERROR, b"bad control frame")
+                    return
+                if opcode == 8:
+                    if end - pos < header + length:
+                        self.partial = data[pos:]
+                        break
+                    self._closeAt(data, pos, header + length, length)
+                    return
+                if opcode > 10:
+                    self._failAt(data, pos, PROTOCOL_ERROR, b"unknown opcode")
+                    return
+            else:
+                if opcode == 0:
+                    if not self.fragmented:
+                        self._failAt(data, pos, PROTOCOL_ERROR, b"nothing to continue")
+                        return
+                    size = self.messageSize + length
+                elif opcode < 3:
+                    if self.fragmented:
+                        self._failAt(data, pos, PROTOCOL_ERROR, b"message interleaved")
+                        return
+                    size = length
+                else:
+                    self._failAt(data, pos, PROTOCOL_ERROR, b"unknown opcode")
+                    return
+                if size > self.limit:
+                    self._failAt(data, pos, MESSAGE_TOO_BIG, b"message too big")
+                    return
+                self.messageSize = size
+                payloadBytes += length
+                if first & 0x80:
+                    self.fragmented = False
+                    messages += 1
+                else:
+                    self.fragmented = True
+            pos += header
+            remaining = length
+        self.remaining = remaining
+        if messages or payloadBytes:
+            counters = self.counters
+            if self.toBackend:
+                counters.messagesToBackend += messages
+                counters.bytesToBackend += payloadBytes
+            else:
+                counters.messagesToClient += messages
+                counters.bytesToClient += payloadBytes
+        if self.partial:
+            data = data[: end - len(self.partial)]
+        if data:
+            self.write(data)
+
+    def _failAt(self, data: bytes, pos: int, code: int, reason: bytes) -> None:
+        if pos:
+            self.write(data[:pos])
+        self.closing = True
+        self.remaining = 0
+        self.partial = b""
+        self.pipe.failed(self.source, code, reason)
+
+    def _closeAt(self, data: bytes, pos: int, size: int, length: int) -> None:
+        if pos:
+            self.write(data[:pos])
+        self.closing = True
+        self.remaining = 0
+        self.partial = b""
+        if length == 1:
+            self.pipe.failed(self.source, PROTOCOL_ERROR, b"bad close frame")
+            return
+        self.pipe.closeFrameFrom(self.source, data[pos : pos + size])
 
 
-def separate(*legs: MessageForwarding) -> None:
+class Pipe:
     """
-    Stop the flow between legs that are closing: messages still in flight are
-    dropped, and each leg reads again so it can see its closing handshake
-    through.
+    A client joined to a backend leg in the data phase: two L{Direction}s and
+    the closing handshake between them.
 
-    @param legs: the legs that were passed to L{join}.
+    @ivar client: the client's side.
+    @ivar backend: the backend's side.
+    @ivar upstream: frames from the client to the backend.
+    @ivar downstream: frames from the backend to the client.
     """
-    for leg in legs:
-        leg.other = DISCARD
-        transport = getattr(leg, "transport", None)
-        if transport is not None:
-            transport.unregisterProducer()
-            transport.resumeProducing()
+
+    def __init__(
+        self,
+        clientLeg: Any,
+        backendLeg: Any,
+        counters: Any,
+        limit: int,
+        clock: Any,
+    ) -> None:
+        """
+        @param clientLeg: the client's open Autobahn protocol.
+        @param backendLeg: the backend's open Autobahn protocol.
+        @param counters: the L{wslb_twisted.backends.Backend} to count on.
+        @param limit: the largest message payload accepted, in bytes.
+        @param clock: for the closing handshake's timeout.
+        """
+        self.clock = clock
+        self.client = Side(clientLeg.transport, masked=False)
+        self.backend = Side(backendLeg.transport, masked=True)
+        self.upstream = Direction(self, self.client, self.backend, limit, counters)
+        self.downstream = Direction(self, self.backend, self.client, limit, counters)
+        self._clientFailure: tuple[int, bytes] | None = None
+
+    def start(self, clientLeg: Any, backendLeg: Any) -> None:
+        """
+        Take over both legs' reads from Autobahn, couple their flow control,
+        and forward what Autobahn had read but not yet parsed.
+        """
+        clientTransport = self.client.transport
+        backendTransport = self.backend.transport
+        clientTransport.registerProducer(PauseReading(backendTransport), True)
+        backendTransport.registerProducer(PauseReading(clientTransport), True)
+        clientLeg.dataReceived = self.upstream.received
+        backendLeg.dataReceived = self.downstream.received
+        clientEarly, clientLeg.data = clientLeg.data, b""
+        backendEarly, backendLeg.data = backendLeg.data, b""
+        if backendEarly:
+            self.downstream.received(backendEarly)
+        if clientEarly:
+            self.upstream.received(clientEarly)
+
+    # Closing
+
+    def closeFrameFrom(self, side: Side, frame: bytes) -> None:
+        """
+        A side sent a close frame: pass it on (unless the other side was
+        already sent one) and finish the handshake where it is complete.
+        """
+        side.gotClose = True
+        other = self.backend if side is self.client else self.client
+        if other is self.client and self._clientFailure is not None:
+            self._failClient()
+        elif not other.sentClose and other.connected:
+            other.sentClose = True
+            other.transport.write(frame)
+        self._settle()
+
+    def failed(self, side: Side, code: int, reason: bytes) -> None:
+        """
+        A side broke the protocol or a limit: close it with C{code}, and the
+        other side as if that one had gone away.
+        """
+        if side is self.client:
+            # What the backend already sent reaches the client first: close
+            # the backend, and fail the client once the backend has answered
+            # (or gone).
+            self._clientFailure = (code, reason)
+            if self.backend.sentClose or not self.backend.connected:
+                self._failClient()
+            else:
+                self.backend.sendClose(GOING_AWAY, b"client connection failed")
+        else:
+            self.backend.sendClose(code, reason)
+            self.backend.gotClose = True
+            self.client.sendClose(INTERNAL_ERROR, b"backend connection failed")
+        self._settle()
+
+    def shutdown(self) -> None:
+        """
+        The load balancer is stopping: close both sides with 1001.
+        """
+        reason = b"load balancer shutting down"
+        self.client.sendClose(GOING_AWAY, reason)
+        self.backend.sendClose(GOING_AWAY, reason)
+        self._settle()
+
+    def clientLost(self) -> None:
+        """
+        The client's connection is gone: if it left without a closing
+        handshake, close the backend with 1001.
+        """
+        self._lost(self.client)
+        self.downstream.write = _discard
+        self.backend.sendClose(GOING_AWAY, b"client went away")
+        self._settle()
+
+    def backendLost(self) -> None:
+        """
+        The backend's connection is gone, and so is the client's: with a 1011
+        close frame if the backend vanished mid-conversation; without one if
+        the client had started the closing handshake, as a byte tunnel would
+        (the backend dropped instead of answering it).
+        """
+        self._lost(self.backend)
+        self.upstream.write = _discard
+        client = self.client
+        if self._clientFailure is not None:
+            self._failClient()
+        elif not client.gotClose:
+            client.sendClose(INTERNAL_ERROR, b"backend went away")
+        client.gotClose = client.sentClose = True
+        self._settle()
+
+    def _failClient(self) -> None:
+        assert self._clientFailure is not None
+        code, reason = self._clientFailure
+        self._clientFailure = None
+        self.client.sendClose(code, reason)
+        self.client.gotClose = True
+
+    def _lost(self, side: Side) -> None:
+        side.connected = False
+        if side.timer is not None:
+            side.timer.cancel()
+            side.timer = None
+
+    def _settle(self) -> None:
+        """
+        Close what the closing handshake allows, and make sure a side that
+        owes an answer does not hold its connection open for ever.
+        """
+        client, backend = self.client, self.backend
+        if client.connected:
+            if client.sentClose and client.gotClose:
+                # As the client's server, we close its connection.
+                client.transport.loseConnection()
+            elif client.sentClose and client.timer is None:
+                client.timer = self.clock.callLater(
+                    CLOSE_TIMEOUT, self._cut, client
+                )
+        if backend.connected and backend.sentClose and backend.timer is None:
+            # The backend, as the server, drops the connection once the
+            # handshake is done; cut it if it does not.
+            backend.timer = self.clock.callLater(CLOSE_TIMEOUT, self._cut, backend)
+
+    def _cut(self, side: Side) -> None:
+        side.timer = None
+        if side.connected:
+            side.transport.abortConnection()

@@ -43,7 +43,6 @@ from wslb_twisted.interfaces import IStrategy
 log = Logger()
 
 _OPEN = WebSocketProtocol.STATE_OPEN
-_SENDABLE_CODES = frozenset(WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED)
 
 GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
@@ -85,35 +84,7 @@ _NOT_FORWARDED = frozenset(
 )
 
 
-def relayedCloseCode(code: int | None, fallback: int) -> int | None:
-    """
-    The close code to send on one leg for a close received on the other.
-
-    Codes a peer may send are relayed as they are; "no status" stays without
-    a code; codes that must never be sent (1006 abnormal closure, 1015 TLS
-    failure) and anything unknown become C{fallback}.
-
-    @param code: the code received, or C{None} when the close frame had none.
-    @param fallback: the code to send in place of an unsendable one.
-    @return: the code to send, or C{None} for a close frame without a code.
-    """
-    if code is None or code == 1005:
-        return None
-    if code in _SENDABLE_CODES or 3000 <= code <= 4999:
-        return code
-    return fallback
-
-
-def _reasonBytes(reason: str | None) -> bytes | None:
-    if not reason:
-        return None
-    encoded = reason.encode("utf-8")
-    if len(encoded) <= 123:
-        return encoded
-    return encoded[:123].decode("utf-8", "ignore").encode("utf-8")
-
-
-class ClientLeg(datapath.ClientForwarding, WebSocketServerProtocol):  # type: ignore[misc]
+class ClientLeg(WebSocketServerProtocol):
     """
     The WebSocket connection from a client to the load balancer.
     """
@@ -139,22 +110,10 @@ class ClientLeg(datapath.ClientForwarding, WebSocketServerProtocol):  # type: ig
 
     def onOpen(self) -> None:
         """
-        The client has its 101: start relaying.
+        The client has its 101: from now on L{datapath} moves the bytes.
         """
         assert self.session is not None
         self.session.clientOpened()
-
-    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
-        """
-        Pass the client's closing handshake on to the backend at once.
-        """
-        wasOpen = self.state == _OPEN
-        violation = super().onCloseFrame(code, reasonRaw)
-        if wasOpen and not violation and self.session is not None:
-            self.session.closeStarted(
-                self, self.remoteCloseCode, self.remoteCloseReason
-            )
-        return violation
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """
@@ -164,7 +123,7 @@ class ClientLeg(datapath.ClientForwarding, WebSocketServerProtocol):  # type: ig
             self.session.clientClosed(code, reason)
 
 
-class BackendLeg(datapath.BackendForwarding, WebSocketClientProtocol):  # type: ignore[misc]
+class BackendLeg(WebSocketClientProtocol):
     """
     The WebSocket connection from the load balancer to a backend, on behalf
     of one client.
@@ -176,8 +135,6 @@ class BackendLeg(datapath.BackendForwarding, WebSocketClientProtocol):  # type: 
 
     def connectionMade(self) -> None:
         self.factory.relay.connectionOpened(self)
-        self.other = datapath.PendingMessages()
-        self.backend = self.factory.backend
         super().connectionMade()
         self.factory.session.legConnected(self)
 
@@ -197,18 +154,6 @@ class BackendLeg(datapath.BackendForwarding, WebSocketClientProtocol):  # type: 
         The backend accepted the WebSocket: the client may now have its 101.
         """
         self.factory.session.legOpened(self)
-
-    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
-        """
-        Pass the backend's closing handshake on to the client at once.
-        """
-        wasOpen = self.state == _OPEN
-        violation = super().onCloseFrame(code, reasonRaw)
-        if wasOpen and not violation:
-            self.factory.session.closeStarted(
-                self, self.remoteCloseCode, self.remoteCloseReason
-            )
-        return violation
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """
@@ -257,8 +202,8 @@ class Session:
         self.leg: BackendLeg | None = None
         self.tried: list[Backend] = []
         self.clientAddress = ""
-        self.closing = False
         self.clientGone = False
+        self.pipe: datapath.Pipe | None = None
         self._handshake: Deferred[Any] | None = None
         self._legFactoryArguments: dict[str, Any] = {}
         self._connector: Any = None
@@ -427,47 +372,23 @@ class Session:
 
     def clientOpened(self) -> None:
         """
-        The client has its 101: join it to its backend leg.
+        The client has its 101: hand both legs to the data path.
         """
         leg = self.leg
-        assert leg is not None
+        assert leg is not None and self.backend is not None
         if leg.state != _OPEN:
             # The backend closed between its handshake and the client's.
-            self.closeStarted(leg, None, None)
+            self.client.sendCloseFrame(INTERNAL_ERROR, b"backend went away")
             return
-        datapath.join(self.client, leg)
-
-    # Closing
-
-    def closeStarted(
-        self, source: WebSocketProtocol, code: int | None, reason: str | None
-    ) -> None:
-        """
-        One leg is closing: close the other with the same code, where it may
-        be sent.
-
-        @param source: the leg that is closing.
-        @param code: its close code (C{None} when none was given; 1006 when
-            the connection dropped without a closing handshake).
-        @param reason: its close reason.
-        """
-        if self.closing:
-            return
-        self.closing = True
-        client, leg = self.client, self.leg
-        if leg is None:
-            return
-        datapath.separate(client, leg)
-        if source is client:
-            target: WebSocketProtocol = leg
-            fallback = GOING_AWAY
-        else:
-            target = client
-            fallback = INTERNAL_ERROR
-        if target.state == _OPEN:
-            target.sendCloseFrame(
-                code=relayedCloseCode(code, fallback), reasonUtf8=_reasonBytes(reason)
-            )
+        factory = self.factory
+        self.pipe = datapath.Pipe(
+            self.client,
+            leg,
+            self.backend,
+            factory.settings.maxMessageSize,
+            factory.reactor,
+        )
+        self.pipe.start(self.client, leg)
 
     def clientClosed(self, code: int | None, reason: str | None) -> None:
         """
@@ -478,11 +399,8 @@ class Session:
         if self._handshake is not None:
             self._abandonAttempt("client went away")
             return
-        if self.client.closedByMe and not self.closing:
-            # The load balancer failed the client (a protocol error, a size
-            # limit): to the backend, the client has simply gone away.
-            code, reason = GOING_AWAY, "client connection failed"
-        self.closeStarted(self.client, code, reason)
+        if self.pipe is not None:
+            self.pipe.clientLost()
         self._release()
 
     def legClosed(self, leg: BackendLeg, code: int | None, reason: str | None) -> None:
@@ -495,10 +413,10 @@ class Session:
             )
             return
         if leg is self.leg:
-            if leg.closedByMe and not self.closing:
-                # The load balancer failed the backend leg (a protocol error).
-                code, reason = INTERNAL_ERROR, "backend connection failed"
-            self.closeStarted(leg, code, reason)
+            if self.pipe is not None:
+                self.pipe.backendLost()
+            elif self.client.state == _OPEN:
+                self.client.sendCloseFrame(INTERNAL_ERROR, b"backend went away")
             self._release()
 
     def shutdown(self) -> None:
@@ -511,17 +429,10 @@ class Session:
             refusals[SHUTTING_DOWN] = refusals.get(SHUTTING_DOWN, 0) + 1
             self._abandonAttempt("load balancer stopping")
             return
-        if self.closing:
-            return
-        self.closing = True
-        client, leg = self.client, self.leg
-        reason = b"load balancer shutting down"
-        if leg is not None:
-            datapath.separate(client, leg)
-            if leg.state == _OPEN:
-                leg.sendCloseFrame(code=GOING_AWAY, reasonUtf8=reason)
-        if client.state == _OPEN:
-            client.sendCloseFrame(code=GOING_AWAY, reasonUtf8=reason)
+        if self.pipe is not None:
+            self.pipe.shutdown()
+        elif self.client.state == _OPEN:
+            self.client.sendCloseFrame(GOING_AWAY, b"load balancer shutting down")
 
 
 class RelayFactory(WebSocketServerFactory):
