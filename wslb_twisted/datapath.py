@@ -95,6 +95,46 @@ def _discard(data: bytes) -> None:
     pass
 
 
+def directWriter(transport: Any) -> Any:
+    """
+    A C{write} for C{transport} that sends at once when nothing is waiting
+    in its buffer.
+
+    Twisted's C{write} only queues the bytes and asks the reactor to watch
+    the socket for writability, so every write costs two extra C{epoll_ctl}
+    calls and a reactor turn.  When the transport's buffer is empty, this
+    sends straight away instead; whatever the kernel does not take (and every
+    write while something is already queued) goes through Twisted's C{write}
+    as before, so ordering, buffering and backpressure are unchanged.
+
+    @param transport: the transport to write to.
+    @return: a callable taking bytes; C{transport.write} itself for
+        transports that are not plain TCP connections (TLS, tests).
+    """
+    queue = transport.write
+    sock = getattr(transport, "socket", None)
+    if sock is None or not hasattr(transport, "_tempDataLen"):
+        return queue
+    send = sock.send
+
+    def write(data: bytes) -> None:
+        if transport.dataBuffer or transport._tempDataLen or transport.disconnecting:
+            queue(data)
+            return
+        try:
+            sent = send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Let Twisted meet the error on its own write and report it.
+            queue(data)
+            return
+        if sent < len(data):
+            queue(data[sent:])
+
+    return write
+
+
 class Side:
     """
     One end of a pipe (the client, or the backend) and where its closing
@@ -171,7 +211,7 @@ class Direction:
         self.pipe = pipe
         self.source = source
         self.target = target
-        self.write = target.transport.write
+        self.write = directWriter(target.transport)
         self.remaining = 0
         self.partial = b""
         self.fragmented = False
