@@ -694,3 +694,23 @@ def test_badTrustedProxyOption(tmp_path: Path) -> None:
     assert message == (
         "--trusted-proxy='proxy.local' is not an IP address or CIDR network"
     )
+
+
+def test_logFormatDefaultAndEnvironment(tmp_path: Path) -> None:
+    """
+    The log format is text unless LOG_FORMAT (or --log-format) says json.
+    """
+    assert load(tmp_path).logFormat == "text"
+    assert load(tmp_path, environ={"LOG_FORMAT": "json"}).logFormat == "json"
+    assert load(tmp_path, {"log-format": "text"}, {"LOG_FORMAT": "json"}).logFormat == (
+        "text"
+    )
+
+
+def test_badLogFormatOption(tmp_path: Path) -> None:
+    """
+    A log format other than text or json is reported with the option's name,
+    the value and the formats there are.
+    """
+    message = loadError(tmp_path, {"log-format": "xml"})
+    assert message == "--log-format='xml' is not a known log format (have: json, text)"

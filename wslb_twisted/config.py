@@ -49,6 +49,9 @@ class Settings:
     @ivar connectTimeout: seconds allowed for connecting to a backend and
         completing its WebSocket handshake, per attempt.
     @ivar maxMessageSize: largest message payload accepted, in bytes.
+    @ivar logFormat: how twistd writes the log: C{"text"} (twistd's own
+        lines) or C{"json"} (one JSON object per line); see
+        L{wslb_twisted.logs}.
     """
 
     port: str = "tcp:3000"
@@ -61,6 +64,7 @@ class Settings:
     trustedProxies: list[IPv4Network | IPv6Network] = field(default_factory=list)
     connectTimeout: float = 5.0
     maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE
+    logFormat: str = "text"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ _MAX_RETRIES = _Setting("max-retries", "MAX_RETRIES", "3")
 _CONNECT_TIMEOUT = _Setting("connect-timeout", "BACKEND_CONNECT_TIMEOUT", "5000")
 _BACKENDS = _Setting("backends", "BACKEND_SERVERS", "")
 _TRUSTED_PROXIES = _Setting("trusted-proxy", "TRUSTED_PROXIES", "")
+_LOG_FORMAT = _Setting("log-format", "LOG_FORMAT", "text")
+
+#: The values of C{--log-format} / C{LOG_FORMAT}.
+LOG_FORMATS = ("json", "text")
 
 #: The option holding repeated C{host:port[:weight]} backends.
 BACKEND_OPTION = "backend"
@@ -226,6 +234,7 @@ def loadSettings(
         backends=_backendsFrom(sources),
         trustedProxies=_trustedProxiesFrom(sources),
         connectTimeout=_parseMilliseconds(sources.lookup(_CONNECT_TIMEOUT)),
+        logFormat=_parseLogFormat(sources.lookup(_LOG_FORMAT)),
     )
 
 
@@ -371,6 +380,16 @@ def _parseAlgorithm(given: _Given) -> str:
     known = sorted(availableStrategies())
     if name not in known:
         raise given.bad(f"is not a known algorithm (have: {', '.join(known)})")
+    return name
+
+
+def _parseLogFormat(given: _Given) -> str:
+    """
+    Check that a log format is one of L{LOG_FORMATS}.
+    """
+    name = given.value.strip()
+    if name not in LOG_FORMATS:
+        raise given.bad(f"is not a known log format (have: {', '.join(LOG_FORMATS)})")
     return name
 
 

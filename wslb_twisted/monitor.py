@@ -18,6 +18,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from wslb_twisted.backends import Backend, BackendPool
+from wslb_twisted.metrics import MetricsResource, RelayCounts, makeMetricsRegistry
 
 __all__ = [
     "HealthResource",
@@ -273,15 +274,26 @@ class _QuietSite(Site):
         pass
 
 
-def makeMonitorSite(pool: BackendPool, algorithm: str, clock: IReactorTime) -> Site:
+def makeMonitorSite(
+    pool: BackendPool,
+    algorithm: str,
+    clock: IReactorTime,
+    relay: RelayCounts | None = None,
+) -> Site:
     """
-    Make the HTTP factory for the monitoring port.
+    Make the HTTP factory for the monitoring port, with C{/metrics} for
+    Prometheus beside the JSON API.
 
     @param pool: the backends to report on.
     @param algorithm: the name of the balancing strategy in use.
     @param clock: provides C{seconds()} for timestamps.
+    @param relay: the relay, whose connected clients and refusals the metrics
+        report; C{None} reports both as 0.
     @return: a quiet L{Site} (no factory start/stop lines, no access log).
     """
-    site = _QuietSite(MonitorResource(pool, algorithm, clock), logPath=None)
+    root = MonitorResource(pool, algorithm, clock)
+    registry = makeMetricsRegistry(pool, algorithm, clock, relay)
+    root.putChild(b"metrics", MetricsResource(registry))
+    site = _QuietSite(root, logPath=None)
     site.displayTracebacks = False
     return site

@@ -145,7 +145,7 @@ class LoadBalancerService(MultiService):
             whenReady=self.checker.whenFirstRoundDone,
             isSecure=settings.port.split(":", 1)[0] in ("ssl", "tls"),
         )
-        site = makeMonitorSite(self.pool, settings.algorithm, reactor)
+        site = makeMonitorSite(self.pool, settings.algorithm, reactor, self.relay)
         self.clientListener = ListeningService(
             settings.port, "client port", self.relay, reactor
         )

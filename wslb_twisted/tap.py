@@ -20,7 +20,9 @@ class Options(usage.Options):
 
     Each option overrides its environment variable, which overrides the
     C{.env} file, which overrides the default.  After parsing, C{settings}
-    holds the validated L{Settings}.
+    holds the validated L{Settings}.  Under twistd (when C{parent} is
+    twistd's options), a JSON log format also sets twistd's C{--logger}; see
+    L{wslb_twisted.logs}.
 
     @ivar settings: the settings worked out in L{postOptions}.
     """
@@ -96,6 +98,14 @@ class Options(usage.Options):
             "[BACKEND_SERVERS, default: localhost:3001-3003].",
         ],
         [
+            "log-format",
+            None,
+            None,
+            "How twistd writes the log: text, or json for one JSON object per "
+            "line (twisted.logger's JSON, for log shippers) "
+            "[LOG_FORMAT, default: text].",
+        ],
+        [
             "env-file",
             None,
             None,
@@ -127,6 +137,10 @@ class Options(usage.Options):
         given = {name: value for name, value in self.items() if value is not None}
         try:
             self.settings = loadSettings(given, os.environ)
+            if self.settings.logFormat == "json" and self.parent is not None:
+                from wslb_twisted.logs import logJSONUnderTwistd
+
+                logJSONUnderTwistd(self.parent)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
 
