@@ -319,12 +319,14 @@ async def test_unknownPath(monitor: Monitor, path: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_rootIsNotFound(monitor: Monitor) -> None:
+async def test_rootIsTheDashboard(monitor: Monitor) -> None:
     """
-    C{GET /} is a JSON 404 for now (kept for a dashboard).
+    C{GET /} answers the dashboard page (tested in C{test_dashboard}).
     """
     answer = await monitor.get("/")
-    assert (answer.code, answer.json()) == (404, {"error": "not found", "path": "/"})
+    assert answer.code == 200
+    assert answer.header("Content-Type") == ["text/html; charset=utf-8"]
+    assert b"<title>wslb dashboard</title>" in answer.body
 
 
 @pytest.mark.parametrize("path", ["/health/", "/health?verbose=1", "/status/"])

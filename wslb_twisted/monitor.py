@@ -8,6 +8,7 @@ The monitor only reads backend state; it never changes it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from wslb_twisted.backends import Backend, BackendPool
+from wslb_twisted.dashboard import DashboardResource
 from wslb_twisted.metrics import MetricsResource, RelayCounts, makeMetricsRegistry
 
 __all__ = [
@@ -227,34 +229,48 @@ class StatusResource(_PoolResource):
 
 class MonitorResource(Resource):
     """
-    The root of the monitoring port: C{/health} and C{/status}; every other
-    path, C{/} included, is a JSON 404.
+    The root of the monitoring port: C{/health}, C{/status} and the dashboard
+    page at C{/}; every other path is a JSON 404.
+
+    @ivar dashboard: the page served at C{/}.
     """
 
-    def __init__(self, pool: BackendPool, algorithm: str, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        pool: BackendPool,
+        algorithm: str,
+        clock: IReactorTime,
+        clientPort: Callable[[], int | None] | None = None,
+    ) -> None:
         """
         @param pool: the backends to report on.
         @param algorithm: the name of the balancing strategy in use.
         @param clock: provides C{seconds()} for timestamps (the reactor, or a
             L{twisted.internet.task.Clock} in tests).
+        @param clientPort: returns the load balancer's client port (or
+            C{None}), asked for each time the dashboard is served.
         """
         super().__init__()
+        self.dashboard = DashboardResource(clientPort)
         self.putChild(b"health", HealthResource(pool, algorithm, clock))
         self.putChild(b"status", StatusResource(pool, algorithm, clock))
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         """
-        Any child not registered (including the empty one of C{/}) is a 404.
+        The empty child of C{/} itself is the dashboard; any other child not
+        registered (C{//health} included) is a 404.
 
         @param path: the path segment.
         @param request: the request being answered.
-        @return: a resource answering 404.
+        @return: the dashboard, or a resource answering 404.
         """
+        if path == b"" and not request.postpath:
+            return self.dashboard
         return _NotFoundResource()
 
     def render(self, request: Request) -> bytes:
         """
-        Nothing lives at the root yet (a dashboard may, later): a JSON 404.
+        A request for the empty path (never made over HTTP): a JSON 404.
 
         @param request: the request being answered.
         @return: the 404 body.
@@ -279,6 +295,7 @@ def makeMonitorSite(
     algorithm: str,
     clock: IReactorTime,
     relay: RelayCounts | None = None,
+    clientPort: Callable[[], int | None] | None = None,
 ) -> Site:
     """
     Make the HTTP factory for the monitoring port, with C{/metrics} for
@@ -289,9 +306,11 @@ def makeMonitorSite(
     @param clock: provides C{seconds()} for timestamps.
     @param relay: the relay, whose connected clients and refusals the metrics
         report; C{None} reports both as 0.
+    @param clientPort: returns the load balancer's client port (or C{None}),
+        for the dashboard's quote ticker.
     @return: a quiet L{Site} (no factory start/stop lines, no access log).
     """
-    root = MonitorResource(pool, algorithm, clock)
+    root = MonitorResource(pool, algorithm, clock, clientPort)
     registry = makeMetricsRegistry(pool, algorithm, clock, relay)
     root.putChild(b"metrics", MetricsResource(registry))
     site = _QuietSite(root, logPath=None)

@@ -145,7 +145,9 @@ class LoadBalancerService(MultiService):
             whenReady=self.checker.whenFirstRoundDone,
             isSecure=settings.port.split(":", 1)[0] in ("ssl", "tls"),
         )
-        site = makeMonitorSite(self.pool, settings.algorithm, reactor, self.relay)
+        site = makeMonitorSite(
+            self.pool, settings.algorithm, reactor, self.relay, self.clientPort
+        )
         self.clientListener = ListeningService(
             settings.port, "client port", self.relay, reactor
         )
@@ -156,6 +158,19 @@ class LoadBalancerService(MultiService):
         ClosingService(self.relay, SHUTDOWN_TIMEOUT).setServiceParent(self)
         self.clientListener.setServiceParent(self)
         self.monitorListener.setServiceParent(self)
+
+    def clientPort(self) -> int | None:
+        """
+        The port clients connect to, for the dashboard's quote ticker.
+
+        @return: the client listener's port number, or C{None} while it is
+            not listening (or listens on something without a port).
+        """
+        port = self.clientListener.port
+        if port is None:
+            return None
+        number = getattr(port.getHost(), "port", None)
+        return number if isinstance(number, int) else None
 
 
 def makeService(settings: Settings, reactor: Any = None) -> LoadBalancerService:
