@@ -29,7 +29,9 @@ class Backend:
         C{None} before the first.
     @ivar lastChange: POSIX time of the last change of C{healthy}, or C{None}.
     @ivar activeConnections: clients currently assigned to this backend
-        (connecting or open).
+        (connecting or open) by this process.
+    @ivar elsewhereConnections: clients assigned to this backend by the other
+        worker processes, as of the last sync (see L{wslb_twisted.workers}).
     @ivar totalConnections: clients ever assigned to this backend.
     @ivar connectFailures: connection attempts that failed (refused, timed out
         or a failed WebSocket handshake).
@@ -47,6 +49,7 @@ class Backend:
     lastHealthCheck: float | None = None
     lastChange: float | None = None
     activeConnections: int = 0
+    elsewhereConnections: int = 0
     totalConnections: int = 0
     connectFailures: int = 0
     healthCheckFailures: int = 0
@@ -73,6 +76,13 @@ class Backend:
         The URL the health checker requests.
         """
         return f"http://{self.host}:{self.healthPort}{self.healthPath}"
+
+    @property
+    def connections(self) -> int:
+        """
+        Clients assigned to this backend by every worker process.
+        """
+        return self.activeConnections + self.elsewhereConnections
 
     def recordHealth(self, passed: bool, when: float) -> bool:
         """

@@ -52,6 +52,8 @@ class Settings:
     @ivar logFormat: how twistd writes the log: C{"text"} (twistd's own
         lines) or C{"json"} (one JSON object per line); see
         L{wslb_twisted.logs}.
+    @ivar workers: how many worker processes share the client port; see
+        L{wslb_twisted.workers}.
     """
 
     port: str = "tcp:3000"
@@ -65,6 +67,7 @@ class Settings:
     connectTimeout: float = 5.0
     maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE
     logFormat: str = "text"
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ _CONNECT_TIMEOUT = _Setting("connect-timeout", "BACKEND_CONNECT_TIMEOUT", "5000"
 _BACKENDS = _Setting("backends", "BACKEND_SERVERS", "")
 _TRUSTED_PROXIES = _Setting("trusted-proxy", "TRUSTED_PROXIES", "")
 _LOG_FORMAT = _Setting("log-format", "LOG_FORMAT", "text")
+_WORKERS = _Setting("workers", "WORKERS", "1")
 
 #: The values of C{--log-format} / C{LOG_FORMAT}.
 LOG_FORMATS = ("json", "text")
@@ -235,6 +239,7 @@ def loadSettings(
         trustedProxies=_trustedProxiesFrom(sources),
         connectTimeout=_parseMilliseconds(sources.lookup(_CONNECT_TIMEOUT)),
         logFormat=_parseLogFormat(sources.lookup(_LOG_FORMAT)),
+        workers=_parseWorkers(sources.lookup(_WORKERS)),
     )
 
 
@@ -410,6 +415,16 @@ def _parseRetries(given: _Given) -> int:
     value = given.value.strip()
     if not _DIGITS.fullmatch(value):
         raise given.bad("is not an integer >= 0")
+    return int(value)
+
+
+def _parseWorkers(given: _Given) -> int:
+    """
+    Parse a number of worker processes: a whole number from 1 to 64.
+    """
+    value = given.value.strip()
+    if not _DIGITS.fullmatch(value) or not 1 <= int(value) <= 64:
+        raise given.bad("is not a number of worker processes from 1 to 64")
     return int(value)
 
 

@@ -173,7 +173,7 @@ class LoadBalancerService(MultiService):
         return number if isinstance(number, int) else None
 
 
-def makeService(settings: Settings, reactor: Any = None) -> LoadBalancerService:
+def makeService(settings: Settings, reactor: Any = None) -> MultiService:
     """
     Build the load balancer from its settings.
 
@@ -186,4 +186,8 @@ def makeService(settings: Settings, reactor: Any = None) -> LoadBalancerService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
+    if settings.workers > 1:
+        from wslb_twisted.supervisor import SupervisorService
+
+        return SupervisorService(settings, reactor)
     return LoadBalancerService(settings, reactor)

@@ -161,9 +161,10 @@ class LeastConnectionsStrategy:
     """
     The backend with the fewest active connections relative to its weight.
 
-    Backends are compared by C{activeConnections / weight}, exactly (by
-    cross-multiplying, never in floating point); backends that tie share the
-    connections in turn, as L{RoundRobinStrategy} does.
+    Backends are compared by C{connections / weight}, exactly (by
+    cross-multiplying, never in floating point), counting the connections of
+    every worker process; backends that tie share the connections in turn,
+    as L{RoundRobinStrategy} does.
     """
 
     name = "least-connections"
@@ -178,15 +179,15 @@ class LeastConnectionsStrategy:
         @param backends: the eligible backends, never empty, in configuration
             order; each with a C{weight} of at least 1.
         @param clientAddress: the client's address (unused).
-        @return: the backend with the lowest C{activeConnections / weight};
+        @return: the backend with the lowest C{connections / weight};
             among equals, the next in turn.
         """
         self._rotation.learn(backends)
         best = backends[0]
         tied = [best]
         for backend in backends[1:]:
-            mine = backend.activeConnections * best.weight
-            theirs = best.activeConnections * backend.weight
+            mine = backend.connections * best.weight
+            theirs = best.connections * backend.weight
             if mine < theirs:
                 best = backend
                 tied = [backend]

@@ -98,6 +98,14 @@ class Options(usage.Options):
             "[BACKEND_SERVERS, default: localhost:3001-3003].",
         ],
         [
+            "workers",
+            None,
+            None,
+            "Worker processes sharing the client port (one core each); the "
+            "health checker and the monitoring port stay in the main process "
+            "[WORKERS, default: 1].",
+        ],
+        [
             "log-format",
             None,
             None,

@@ -30,11 +30,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IAddress, ITransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from wslb_twisted.backends import Backend, BackendPool
 from wslb_twisted.config import ConfigError, Settings
@@ -168,6 +170,39 @@ class WorkerState:
     ended: Deferred[None] | None = None
 
 
+@implementer(IAddress)
+class _PipeAddress:
+    """
+    The address of the other end of a child's standard input and output.
+    """
+
+
+@implementer(ITransport)
+class _ChildPipes:
+    """
+    The transport AMP talks to a worker over: the child's standard input to
+    write, its standard output (fed in by L{WorkerProcess}) to read.
+    """
+
+    def __init__(self, process: Any) -> None:
+        self._process = process
+
+    def write(self, data: bytes) -> None:
+        self._process.write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self._process.writeSequence(list(data))
+
+    def loseConnection(self) -> None:
+        self._process.closeStdin()
+
+    def getPeer(self) -> _PipeAddress:
+        return _PipeAddress()
+
+    def getHost(self) -> _PipeAddress:
+        return _PipeAddress()
+
+
 class WorkerProcess(ProcessProtocol):
     """
     The supervisor's end of one worker: AMP over the child's standard input
@@ -181,7 +216,7 @@ class WorkerProcess(ProcessProtocol):
         self._errors = b""
 
     def connectionMade(self) -> None:
-        self.amp.makeConnection(self.transport)
+        self.amp.makeConnection(_ChildPipes(self.transport))
         self.state.protocol = self.amp
 
     def outReceived(self, data: bytes) -> None:
