@@ -252,3 +252,28 @@ async def test_fragmentedMessageWithPingsByteByByteEndToEnd(backends, startLB):
     assert await client.messages.get() == (b"Hello, world", False)
     assert pongs == [b"are you there"]
     assert backends[0].factory.received == [(b"Hello, world", False)]
+
+
+def test_nothingFollowsTheCloseFrameSentToTheClient():
+    """
+    Once the load balancer has sent the client a close frame (here on
+    shutdown), frames still coming from the backend are not forwarded: a
+    close frame is the last frame of a connection.
+    """
+    pipe, client, backendLeg, _ = makePipe()
+    pipe.shutdown()
+    closing = client.transport.value()
+    assert closing[:1] == b"\x88"
+    pipe.downstream.received(frame(1, b"late quote") + frame(1, b"later"))
+    assert client.transport.value() == closing
+
+
+def test_nothingFollowsAForwardedCloseFrame():
+    """
+    After the backend's close frame is forwarded to the client, nothing else
+    from the backend is, even in the same read.
+    """
+    pipe, client, backendLeg, _ = makePipe()
+    closing = frame(8, (1000).to_bytes(2, "big"))
+    pipe.downstream.received(frame(1, b"last") + closing + frame(1, b"too late"))
+    assert client.transport.value() == frame(1, b"last") + closing

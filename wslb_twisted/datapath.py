@@ -146,9 +146,18 @@ class Side:
     @ivar gotClose: it has sent a close frame.
     @ivar connected: its connection is still up.
     @ivar timer: cuts its connection if the closing handshake stalls.
+    @ivar feeder: the direction whose frames go to it.
     """
 
-    __slots__ = ("transport", "masked", "sentClose", "gotClose", "connected", "timer")
+    __slots__ = (
+        "transport",
+        "masked",
+        "sentClose",
+        "gotClose",
+        "connected",
+        "timer",
+        "feeder",
+    )
 
     def __init__(self, transport: Any, masked: bool) -> None:
         self.transport = transport
@@ -157,15 +166,26 @@ class Side:
         self.gotClose = False
         self.connected = True
         self.timer: IDelayedCall | None = None
+        self.feeder: Direction | None = None
 
     def sendClose(self, code: int | None, reason: bytes = b"") -> None:
         """
-        Send this side a close frame, once.
+        Send this side a close frame of our own, once.
+        """
+        if not self.sentClose:
+            self.deliverClose(closeFrame(code, reason, self.masked))
+
+    def deliverClose(self, frame: bytes) -> None:
+        """
+        Send this side a close frame (its peer's, or our own), once; nothing
+        is sent to it after that.
         """
         if self.sentClose or not self.connected:
             return
         self.sentClose = True
-        self.transport.write(closeFrame(code, reason, self.masked))
+        self.transport.write(frame)
+        if self.feeder is not None:
+            self.feeder.write = _discard
 
 
 class Direction:
@@ -212,6 +232,7 @@ class Direction:
         self.source = source
         self.target = target
         self.write = directWriter(target.transport)
+        target.feeder = self
         self.remaining = 0
         self.partial = b""
         self.fragmented = False
@@ -412,9 +433,8 @@ class Pipe:
         other = self.backend if side is self.client else self.client
         if other is self.client and self._clientFailure is not None:
             self._failClient()
-        elif not other.sentClose and other.connected:
-            other.sentClose = True
-            other.transport.write(frame)
+        else:
+            other.deliverClose(frame)
         self._settle()
 
     def failed(self, side: Side, code: int, reason: bytes) -> None:
