@@ -177,3 +177,31 @@ async def test_portInUseIsOneLine(backends, tmp_path):
         watcher.output
     )
     assert "Traceback" not in watcher.output
+
+
+def test_portInUseStopsADaemonToo(backends, tmp_path):
+    """
+    Daemonized (no C{-n}), a client port already in use makes twistd exit
+    non-zero with the reason, instead of leaving it waiting on its child.
+    """
+    import subprocess
+
+    taken = backends[0].portNumber
+    result = subprocess.run(
+        [
+            *twistdCommand(),
+            f"--pidfile={tmp_path / 'wslb.pid'}",
+            f"--logfile={tmp_path / 'wslb.log'}",
+            "wslb",
+            f"--port=tcp:{taken}:interface=127.0.0.1",
+            "--monitor-port=tcp:0:interface=127.0.0.1",
+        ],
+        env=twistdEnvironment(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "cannot listen on" in result.stdout + result.stderr
+    assert not (tmp_path / "wslb.pid").exists()

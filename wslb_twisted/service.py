@@ -24,6 +24,17 @@ log = Logger()
 SHUTDOWN_TIMEOUT = 5.0
 
 
+class StartupError(SystemExit, Exception):
+    """
+    Startup cannot go on (a port cannot be opened): one line for the operator.
+
+    A L{SystemExit}, so that C{twistd -n} prints just the message and exits
+    with status 1; and an L{Exception}, so that a daemonizing twistd reports
+    it to the parent process (which prints it and exits 1) rather than
+    leaving the parent waiting.
+    """
+
+
 class ListeningService(Service):
     """
     Listens on a server endpoint string while running.
@@ -72,7 +83,7 @@ class ListeningService(Service):
         )
 
     def _failed(self, failure: Failure) -> None:
-        raise SystemExit(
+        raise StartupError(
             f"wslb: cannot listen on {self.description!r} ({self.setting}): "
             f"{failure.getErrorMessage()}"
         )

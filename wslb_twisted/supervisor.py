@@ -14,7 +14,7 @@ from wslb_twisted.backends import BackendPool
 from wslb_twisted.config import ConfigError, Settings
 from wslb_twisted.health import HealthChecker
 from wslb_twisted.monitor import makeMonitorSite
-from wslb_twisted.service import ListeningService
+from wslb_twisted.service import ListeningService, StartupError
 from wslb_twisted.workers import WorkerPool, listeningSocket
 
 log = Logger()
@@ -66,15 +66,15 @@ class SupervisorService(MultiService):
         """
         Open the client port, then everything else.
 
-        @raise SystemExit: with one line naming the problem, when the client
+        @raise StartupError: with one line naming the problem, when the client
             port cannot be opened.
         """
         try:
             sock = listeningSocket(self.settings.port, self.reactor)
         except ConfigError as error:
-            raise SystemExit(f"wslb: {error}") from None
+            raise StartupError(f"wslb: {error}") from None
         except OSError as error:
-            raise SystemExit(
+            raise StartupError(
                 f"wslb: cannot listen on {self.settings.port!r} (client port): "
                 f"{error.strerror or error}"
             ) from None
