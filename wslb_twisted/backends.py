@@ -23,6 +23,9 @@ class Backend:
     @ivar weight: relative share of clients, at least 1.
     @ivar healthPort: TCP port of the backend's HTTP health endpoint.
     @ivar healthPath: path of the health endpoint.
+    @ivar maxConnections: most clients at once (0: no limit); a full backend
+        is skipped like an unhealthy one.
+    @ivar tls: whether the backend speaks C{wss} (WebSocket over TLS).
     @ivar healthy: whether the backend is in rotation; C{False} until its first
         passing health check.
     @ivar lastHealthCheck: POSIX time of the last completed health check, or
@@ -45,6 +48,8 @@ class Backend:
     weight: int = 1
     healthPort: int = 0
     healthPath: str = "/health"
+    maxConnections: int = 0
+    tls: bool = False
     healthy: bool = False
     lastHealthCheck: float | None = None
     lastChange: float | None = None

@@ -54,6 +54,26 @@ class Settings:
         L{wslb_twisted.logs}.
     @ivar workers: how many worker processes share the client port; see
         L{wslb_twisted.workers}.
+    @ivar maxClients: most clients connected at once (0: no limit); more get
+        HTTP 503 at the handshake.
+    @ivar maxConnectionsPerIP: most connections from one client address at
+        once (0: no limit); more get HTTP 429.
+    @ivar handshakeTimeout: seconds a client has to complete its opening
+        handshake request; slower ones are dropped.
+    @ivar allowedOrigins: the C{Origin}s allowed to connect (empty: any);
+        others get HTTP 403.
+    @ivar pingInterval: seconds a leg may be silent before it is pinged (0:
+        never).
+    @ivar pingTimeout: seconds a pinged leg has to show it is alive.
+    @ivar healthRise: consecutive passing checks bringing a backend back.
+    @ivar healthFall: consecutive failing checks (or failed connection
+        attempts) taking a backend out.
+    @ivar backendCA: path of the PEM CA certificates that C{wss} backends'
+        certificates are checked against (C{None}: the system's).
+    @ivar drainSeconds: seconds over which SIGTERM spreads the closing of the
+        clients.
+    @ivar configFile: path of a JSON file with the backend list, re-read on
+        SIGHUP, or C{None}.
     """
 
     port: str = "tcp:3000"
@@ -68,6 +88,17 @@ class Settings:
     maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE
     logFormat: str = "text"
     workers: int = 1
+    maxClients: int = 10000
+    maxConnectionsPerIP: int = 256
+    handshakeTimeout: float = 10.0
+    allowedOrigins: list[str] = field(default_factory=list)
+    pingInterval: float = 30.0
+    pingTimeout: float = 10.0
+    healthRise: int = 2
+    healthFall: int = 2
+    backendCA: str | None = None
+    drainSeconds: float = 10.0
+    configFile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +129,20 @@ _BACKENDS = _Setting("backends", "BACKEND_SERVERS", "")
 _TRUSTED_PROXIES = _Setting("trusted-proxy", "TRUSTED_PROXIES", "")
 _LOG_FORMAT = _Setting("log-format", "LOG_FORMAT", "text")
 _WORKERS = _Setting("workers", "WORKERS", "1")
+_MAX_MESSAGE_SIZE = _Setting(
+    "max-message-size", "MAX_MESSAGE_SIZE", str(DEFAULT_MAX_MESSAGE_SIZE)
+)
+_MAX_CLIENTS = _Setting("max-clients", "MAX_CLIENTS", "10000")
+_MAX_PER_IP = _Setting("max-connections-per-ip", "MAX_CONNECTIONS_PER_IP", "256")
+_HANDSHAKE_TIMEOUT = _Setting("handshake-timeout", "HANDSHAKE_TIMEOUT", "10000")
+_ALLOWED_ORIGINS = _Setting("allowed-origin", "ALLOWED_ORIGINS", "")
+_PING_INTERVAL = _Setting("ping-interval", "PING_INTERVAL", "30000")
+_PING_TIMEOUT = _Setting("ping-timeout", "PING_TIMEOUT", "10000")
+_HEALTH_RISE = _Setting("health-rise", "HEALTH_CHECK_RISE", "2")
+_HEALTH_FALL = _Setting("health-fall", "HEALTH_CHECK_FALL", "2")
+_BACKEND_CA = _Setting("backend-ca", "BACKEND_CA", "")
+_DRAIN_SECONDS = _Setting("drain-seconds", "DRAIN_SECONDS", "10")
+_CONFIG_FILE = _Setting("config-file", "CONFIG_FILE", "")
 
 #: The values of C{--log-format} / C{LOG_FORMAT}.
 LOG_FORMATS = ("json", "text")
@@ -117,7 +162,16 @@ _BACKEND_ITEM = re.compile(
     r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^:\[\]]+))"
     r":(?P<port>[^:]*)(?::(?P<weight>[^:]*))?"
 )
-_BACKEND_KEYS = ("host", "port", "weight", "healthPort", "healthPath", "id")
+_BACKEND_KEYS = (
+    "host",
+    "port",
+    "weight",
+    "healthPort",
+    "healthPath",
+    "id",
+    "maxConnections",
+    "tls",
+)
 
 _T = TypeVar("_T")
 
@@ -227,6 +281,7 @@ def loadSettings(
     else:
         envFile = _readEnvFile(None, os.path.join(base, DEFAULT_ENV_FILE))
     sources = _Sources(options, environ, envFile)
+    configFile = _configFileFrom(sources, base)
 
     return Settings(
         port=_parseListenPort(sources.lookup(_PORT)),
@@ -235,12 +290,115 @@ def loadSettings(
         healthInterval=_parseMilliseconds(sources.lookup(_HEALTH_INTERVAL)),
         healthTimeout=_parseMilliseconds(sources.lookup(_HEALTH_TIMEOUT)),
         maxRetries=_parseRetries(sources.lookup(_MAX_RETRIES)),
-        backends=_backendsFrom(sources),
+        backends=_backendsFrom(sources, configFile),
         trustedProxies=_trustedProxiesFrom(sources),
         connectTimeout=_parseMilliseconds(sources.lookup(_CONNECT_TIMEOUT)),
         logFormat=_parseLogFormat(sources.lookup(_LOG_FORMAT)),
         workers=_parseWorkers(sources.lookup(_WORKERS)),
+        maxMessageSize=_parseCount(sources.lookup(_MAX_MESSAGE_SIZE), 1, "bytes"),
+        maxClients=_parseCount(sources.lookup(_MAX_CLIENTS), 0, "clients"),
+        maxConnectionsPerIP=_parseCount(sources.lookup(_MAX_PER_IP), 0, "connections"),
+        handshakeTimeout=_parseMilliseconds(sources.lookup(_HANDSHAKE_TIMEOUT)),
+        allowedOrigins=_listFrom(sources, _ALLOWED_ORIGINS, _parseOrigin),
+        pingInterval=_parseMillisecondsOrZero(sources.lookup(_PING_INTERVAL)),
+        pingTimeout=_parseMilliseconds(sources.lookup(_PING_TIMEOUT)),
+        healthRise=_parseCount(sources.lookup(_HEALTH_RISE), 1, "checks"),
+        healthFall=_parseCount(sources.lookup(_HEALTH_FALL), 1, "checks"),
+        backendCA=_parseReadableFile(sources.lookup(_BACKEND_CA), base),
+        drainSeconds=_parseSeconds(sources.lookup(_DRAIN_SECONDS)),
+        configFile=None if configFile is None else configFile[1],
     )
+
+
+def _parseCount(given: _Given, least: int, unit: str) -> int:
+    """
+    Parse a whole number of at least C{least}.
+    """
+    value = given.value.strip()
+    if not _DIGITS.fullmatch(value) or int(value) < least:
+        raise given.bad(f"is not a whole number of {unit} >= {least}")
+    return int(value)
+
+
+def _parseMillisecondsOrZero(given: _Given) -> float:
+    """
+    Parse a whole number of milliseconds, 0 meaning "never", into seconds.
+    """
+    value = given.value.strip()
+    if not _DIGITS.fullmatch(value):
+        raise given.bad("is not a whole number of milliseconds (0 for never)")
+    return int(value) / 1000
+
+
+def _parseSeconds(given: _Given) -> float:
+    """
+    Parse a number of seconds, 0 or more.
+    """
+    try:
+        value = float(given.value.strip())
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 86400:
+        raise given.bad("is not a number of seconds from 0 to 86399")
+    return value
+
+
+def _parseOrigin(given: _Given) -> str:
+    """
+    Parse an allowed Origin: C{scheme://host[:port]}, or C{*} for any.
+    """
+    value = given.value.strip()
+    if value != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+", value):
+        raise given.bad("is not an origin like https://example.com or *")
+    return value.lower()
+
+
+def _parseReadableFile(given: _Given, base: str) -> str | None:
+    """
+    Check that a file exists and can be read; empty means none.
+    """
+    if not given.value.strip():
+        return None
+    path = os.path.join(base, given.value.strip())
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise given.bad(f"cannot be read ({error.strerror})") from None
+    return os.path.abspath(path)
+
+
+def _listFrom(
+    sources: _Sources, setting: _Setting, parse: Callable[[_Given], str]
+) -> list[str]:
+    """
+    A list setting: a repeatable option, or a comma-separated variable.
+    """
+    listed = sources.option(setting.option)
+    if listed is not None:
+        items = [listed] if isinstance(listed, str) else list(_sequence(listed))
+        return [parse(_Given(f"--{setting.option}", str(item))) for item in items]
+    given = sources.lookup(setting)
+    return [
+        parse(_Given(given.name, item))
+        for item in given.value.split(",")
+        if item.strip()
+    ]
+
+
+def _configFileFrom(sources: _Sources, base: str) -> tuple[str, str] | None:
+    """
+    The text and path of the C{--config-file} / C{CONFIG_FILE}, if given.
+    """
+    given = sources.lookup(_CONFIG_FILE)
+    path = _parseReadableFile(given, base)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as configFile:
+            return configFile.read(), path
+    except (OSError, UnicodeDecodeError) as error:
+        raise given.bad(f"cannot be read ({error})") from None
 
 
 def parseEnvFile(text: str, path: str) -> dict[str, str]:
@@ -428,10 +586,13 @@ def _parseWorkers(given: _Given) -> int:
     return int(value)
 
 
-def _backendsFrom(sources: _Sources) -> list[Backend]:
+def _backendsFrom(
+    sources: _Sources, configFile: tuple[str, str] | None = None
+) -> list[Backend]:
     """
-    The backends from C{--backends}, repeated C{--backend}, C{BACKEND_SERVERS}
-    or the default three on localhost, in that order of precedence.
+    The backends from C{--backends}, repeated C{--backend}, the
+    C{--config-file}, C{BACKEND_SERVERS} or the default three on localhost,
+    in that order of precedence.
     """
     listed = sources.option(BACKEND_OPTION)
     if listed is not None:
@@ -445,6 +606,9 @@ def _backendsFrom(sources: _Sources) -> list[Backend]:
             for index, item in enumerate(items, start=1)
         ]
     given = sources.lookup(_BACKENDS)
+    if configFile is not None and not given.name.startswith("--"):
+        text, path = configFile
+        return parseBackendsJSON(text, path)
     if given.fromDefault:
         return [
             Backend(id=f"backend-{index}", host="localhost", port=port)
@@ -570,6 +734,10 @@ def _parseBackendItem(item: object, index: int, name: str) -> Backend:
         "healthPath", _isPath, "health paths are strings starting with '/'", "/health"
     )
     backendId = take("id", _isText, "ids are non-empty strings", f"backend-{index}")
+    maxConnections = take(
+        "maxConnections", _isCount, "maxConnections are integers >= 1", 0
+    )
+    tls = take("tls", _isBool, "tls is true or false", False)
     return Backend(
         id=backendId,
         host=host,
@@ -577,6 +745,8 @@ def _parseBackendItem(item: object, index: int, name: str) -> Backend:
         weight=weight,
         healthPort=healthPort,
         healthPath=healthPath,
+        maxConnections=maxConnections,
+        tls=tls,
     )
 
 
@@ -585,6 +755,20 @@ def _isPort(value: object) -> TypeGuard[int]:
     Whether a JSON value is a port number (JSON C{true} is not a number).
     """
     return type(value) is int and 1 <= value <= 65535
+
+
+def _isCount(value: object) -> TypeGuard[int]:
+    """
+    Whether a JSON value is an integer, at least 1.
+    """
+    return type(value) is int and value >= 1
+
+
+def _isBool(value: object) -> TypeGuard[bool]:
+    """
+    Whether a JSON value is C{true} or C{false}.
+    """
+    return type(value) is bool
 
 
 def _isWeight(value: object) -> TypeGuard[int]:

@@ -98,6 +98,83 @@ class Options(usage.Options):
             "[BACKEND_SERVERS, default: localhost:3001-3003].",
         ],
         [
+            "max-message-size",
+            None,
+            None,
+            "Largest message (and frame) payload in bytes; a bigger one closes "
+            "that client with 1009 [MAX_MESSAGE_SIZE, default: 16777216].",
+        ],
+        [
+            "max-clients",
+            None,
+            None,
+            "Most clients at once, 0 for no limit; more get HTTP 503 "
+            "[MAX_CLIENTS, default: 10000].",
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            None,
+            "Most connections from one client address, 0 for no limit; more "
+            "get HTTP 429 [MAX_CONNECTIONS_PER_IP, default: 256].",
+        ],
+        [
+            "handshake-timeout",
+            None,
+            None,
+            "Milliseconds a client has to send its opening handshake; slower "
+            "ones are dropped [HANDSHAKE_TIMEOUT, default: 10000].",
+        ],
+        [
+            "ping-interval",
+            None,
+            None,
+            "Milliseconds a client or backend connection may stay silent "
+            "before it is pinged, 0 for never [PING_INTERVAL, default: 30000].",
+        ],
+        [
+            "ping-timeout",
+            None,
+            None,
+            "Milliseconds a pinged connection has to answer before it is "
+            "closed [PING_TIMEOUT, default: 10000].",
+        ],
+        [
+            "health-rise",
+            None,
+            None,
+            "Consecutive passing health checks that bring a backend back "
+            "[HEALTH_CHECK_RISE, default: 2].",
+        ],
+        [
+            "health-fall",
+            None,
+            None,
+            "Consecutive failed health checks (or failed connection attempts) "
+            "that take a backend out [HEALTH_CHECK_FALL, default: 2].",
+        ],
+        [
+            "backend-ca",
+            None,
+            None,
+            "PEM file of the CA certificates wss backends are verified against "
+            "[BACKEND_CA, default: the system's].",
+        ],
+        [
+            "drain-seconds",
+            None,
+            None,
+            "Seconds over which SIGTERM spreads closing the clients; a second "
+            "SIGTERM stops at once [DRAIN_SECONDS, default: 10].",
+        ],
+        [
+            "config-file",
+            None,
+            None,
+            "JSON file with the backend list (as BACKEND_SERVERS), re-read on "
+            "SIGHUP [CONFIG_FILE].",
+        ],
+        [
             "workers",
             None,
             None,
@@ -125,10 +202,18 @@ class Options(usage.Options):
         super().__init__()
         self["backend"] = []
         self["trusted-proxy"] = []
+        self["allowed-origin"] = []
 
     def opt_backend(self, value: str) -> None:
         """A backend as host:port[:weight]; repeatable (or use --backends)."""
         self["backend"].append(value)
+
+    def opt_allowed_origin(self, value: str) -> None:
+        """
+        An Origin allowed to connect, such as https://example.com;
+        repeatable [ALLOWED_ORIGINS, default: any].
+        """
+        self["allowed-origin"].append(value)
 
     def opt_trusted_proxy(self, value: str) -> None:
         """A trusted proxy's address or CIDR network; repeatable [TRUSTED_PROXIES]."""
