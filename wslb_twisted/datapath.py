@@ -36,6 +36,23 @@ its connection after the closing handshake) before its connection is cut.
 """
 
 
+def controlFrame(opcode: int, payload: bytes, masked: bool) -> bytes:
+    """
+    Encode a control frame (close, ping, pong) of our own.
+
+    @param opcode: 8, 9 or 10.
+    @param payload: at most 125 bytes.
+    @param masked: whether to mask it (frames to a backend must be).
+    @return: the frame.
+    """
+    first = 0x80 | opcode
+    if not masked:
+        return bytes((first, len(payload))) + payload
+    key = os.urandom(4)
+    body = bytes(byte ^ key[i & 3] for i, byte in enumerate(payload))
+    return bytes((first, 0x80 | len(payload))) + key + body
+
+
 def closeFrame(code: int | None, reason: bytes = b"", masked: bool = False) -> bytes:
     """
     Encode a close frame.
@@ -46,11 +63,11 @@ def closeFrame(code: int | None, reason: bytes = b"", masked: bool = False) -> b
     @return: the frame.
     """
     payload = b"" if code is None else code.to_bytes(2, "big") + reason[:123]
-    if not masked:
-        return bytes((0x88, len(payload))) + payload
-    key = os.urandom(4)
-    body = bytes(byte ^ key[i & 3] for i, byte in enumerate(payload))
-    return bytes((0x88, 0x80 | len(payload))) + key + body
+    return controlFrame(8, payload, masked)
+
+
+PING_PAYLOAD = b"wslb"
+"""The payload of the load balancer's own pings."""
 
 
 @implementer(IPushProducer)
@@ -65,24 +82,27 @@ class PauseReading:
     closing is the pipe's business, done with close frames.
     """
 
-    __slots__ = ("source",)
+    __slots__ = ("source", "paused")
 
     def __init__(self, source: Any) -> None:
         """
         @param source: the transport to pause and resume.
         """
         self.source = source
+        self.paused = False
 
     def pauseProducing(self) -> None:
         """
         Stop reading from the source.
         """
+        self.paused = True
         self.source.pauseProducing()
 
     def resumeProducing(self) -> None:
         """
         Read from the source again.
         """
+        self.paused = False
         self.source.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -147,6 +167,9 @@ class Side:
     @ivar connected: its connection is still up.
     @ivar timer: cuts its connection if the closing handshake stalls.
     @ivar feeder: the direction whose frames go to it.
+    @ivar pinged: we pinged it and have heard nothing from it since.
+    @ivar reading: pauses and resumes our reading of it (when it is paused,
+        its silence proves nothing).
     """
 
     __slots__ = (
@@ -157,6 +180,8 @@ class Side:
         "connected",
         "timer",
         "feeder",
+        "pinged",
+        "reading",
     )
 
     def __init__(self, transport: Any, masked: bool) -> None:
@@ -167,6 +192,8 @@ class Side:
         self.connected = True
         self.timer: IDelayedCall | None = None
         self.feeder: Direction | None = None
+        self.pinged = False
+        self.reading: PauseReading | None = None
 
     def sendClose(self, code: int | None, reason: bytes = b"") -> None:
         """
@@ -215,6 +242,7 @@ class Direction:
         "counters",
         "toBackend",
         "closing",
+        "heard",
     )
 
     def __init__(
@@ -243,6 +271,7 @@ class Direction:
         self.maskBit = 0x80 if self.toBackend else 0
         self.counters = counters
         self.closing = False
+        self.heard = False
 
     def received(self, data: bytes) -> None:
         """
@@ -250,6 +279,7 @@ class Direction:
 
         @param data: bytes read from the source.
         """
+        self.heard = True
         remaining = self.remaining
         if not self.partial and remaining >= len(data):
             # The whole read is payload of a frame under way.
@@ -389,6 +419,7 @@ class Pipe:
         counters: Any,
         limit: int,
         clock: Any,
+        clientCloses: dict[int, int] | None = None,
     ) -> None:
         """
         @param clientLeg: the client's open Autobahn protocol.
@@ -396,13 +427,19 @@ class Pipe:
         @param counters: the L{wslb_twisted.backends.Backend} to count on.
         @param limit: the largest message payload accepted, in bytes.
         @param clock: for the closing handshake's timeout.
+        @param clientCloses: counts, by close code, a client failed for
+            breaking a limit or the protocol (the relay's, shared by every
+            pipe).
         """
+        self.clientCloses = {} if clientCloses is None else clientCloses
         self.clock = clock
         self.client = Side(clientLeg.transport, masked=False)
         self.backend = Side(backendLeg.transport, masked=True)
         self.upstream = Direction(self, self.client, self.backend, limit, counters)
         self.downstream = Direction(self, self.backend, self.client, limit, counters)
         self._clientFailure: tuple[int, bytes] | None = None
+        self._liveness: IDelayedCall | None = None
+        self._pingInterval = self._pingTimeout = 0.0
 
     def start(self, clientLeg: Any, backendLeg: Any) -> None:
         """
@@ -411,8 +448,10 @@ class Pipe:
         """
         clientTransport = self.client.transport
         backendTransport = self.backend.transport
-        clientTransport.registerProducer(PauseReading(backendTransport), True)
-        backendTransport.registerProducer(PauseReading(clientTransport), True)
+        self.backend.reading = PauseReading(backendTransport)
+        self.client.reading = PauseReading(clientTransport)
+        clientTransport.registerProducer(self.backend.reading, True)
+        backendTransport.registerProducer(self.client.reading, True)
         clientLeg.dataReceived = self.upstream.received
         backendLeg.dataReceived = self.downstream.received
         clientEarly, clientLeg.data = clientLeg.data, b""
@@ -421,6 +460,55 @@ class Pipe:
             self.downstream.received(backendEarly)
         if clientEarly:
             self.upstream.received(clientEarly)
+
+    # Liveness
+
+    def startLiveness(self, interval: float, timeout: float) -> None:
+        """
+        Ping a side that has been silent for C{interval} seconds, and cut one
+        that stays silent C{timeout} seconds more; its peer is then closed
+        as if it had gone away.  A quiet side that answers pings lives on.
+
+        @param interval: seconds of silence before a ping; 0 for never.
+        @param timeout: seconds a pinged side has to be heard from.
+        """
+        if interval <= 0:
+            return
+        self._pingInterval = interval
+        self._pingTimeout = timeout
+        self._liveness = self.clock.callLater(interval, self._checkLiveness)
+
+    def _checkLiveness(self) -> None:
+        self._liveness = None
+        client, backend = self.client, self.backend
+        if not (client.connected and backend.connected):
+            return
+        if client.sentClose or backend.sentClose or client.gotClose or backend.gotClose:
+            return
+        waiting = False
+        for side, direction in ((client, self.upstream), (backend, self.downstream)):
+            reading = side.reading
+            if direction.heard or (reading is not None and reading.paused):
+                direction.heard = False
+                side.pinged = False
+            elif side.pinged:
+                # Pinged, and still nothing: the peer is gone without a word.
+                side.transport.abortConnection()
+                return
+            else:
+                feeder = side.feeder
+                # A ping may only go between frames of what we forward.
+                if feeder is not None and not feeder.remaining and not feeder.partial:
+                    feeder.write(controlFrame(9, PING_PAYLOAD, side.masked))
+                    side.pinged = True
+                    waiting = True
+        delay = self._pingTimeout if waiting else self._pingInterval
+        self._liveness = self.clock.callLater(delay, self._checkLiveness)
+
+    def _stopLiveness(self) -> None:
+        if self._liveness is not None:
+            self._liveness.cancel()
+            self._liveness = None
 
     # Closing
 
@@ -443,6 +531,7 @@ class Pipe:
         other side as if that one had gone away.
         """
         if side is self.client:
+            self.clientCloses[code] = self.clientCloses.get(code, 0) + 1
             # What the backend already sent reaches the client first: close
             # the backend, and fail the client once the backend has answered
             # (or gone).
@@ -501,6 +590,7 @@ class Pipe:
         self.client.gotClose = True
 
     def _lost(self, side: Side) -> None:
+        self._stopLiveness()
         side.connected = False
         if side.timer is not None:
             side.timer.cancel()
@@ -511,15 +601,14 @@ class Pipe:
         Close what the closing handshake allows, and make sure a side that
         owes an answer does not hold its connection open for ever.
         """
+        self._stopLiveness()
         client, backend = self.client, self.backend
         if client.connected:
             if client.sentClose and client.gotClose:
                 # As the client's server, we close its connection.
                 client.transport.loseConnection()
             elif client.sentClose and client.timer is None:
-                client.timer = self.clock.callLater(
-                    CLOSE_TIMEOUT, self._cut, client
-                )
+                client.timer = self.clock.callLater(CLOSE_TIMEOUT, self._cut, client)
         if backend.connected and backend.sentClose and backend.timer is None:
             # The backend, as the server, drops the connection once the
             # handshake is done; cut it if it does not.

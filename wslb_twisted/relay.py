@@ -389,6 +389,9 @@ class Session:
             factory.reactor,
         )
         self.pipe.start(self.client, leg)
+        self.pipe.startLiveness(
+            factory.settings.pingInterval, factory.settings.pingTimeout
+        )
 
     def clientClosed(self, code: int | None, reason: str | None) -> None:
         """
