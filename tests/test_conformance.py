@@ -23,9 +23,21 @@ from pathlib import Path
 import pytest
 from helpers import REPO, twistdCommand, twistdEnvironment
 
-KIT = Path(
-    os.environ.get("WSLB_CONFORMANCE_DIR", REPO.parent / "shared" / "conformance")
-)
+
+def _kit() -> Path:
+    """
+    Where the conformance kit is: C{$WSLB_CONFORMANCE_DIR}, else the shared
+    folder beside the checkout, else the team's shared folder.
+    """
+    if "WSLB_CONFORMANCE_DIR" in os.environ:
+        return Path(os.environ["WSLB_CONFORMANCE_DIR"])
+    for candidate in (REPO.parent / "shared", Path("/work/shared")):
+        if (candidate / "conformance" / "run.sh").exists():
+            return candidate / "conformance"
+    return REPO.parent / "shared" / "conformance"
+
+
+KIT = _kit()
 
 
 def _python27() -> str | None:
