@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 
 from wslb_twisted import __version__
 from wslb_twisted.backends import Backend, BackendPool
-from wslb_twisted.metrics import makeMetricsRegistry
+from wslb_twisted.metrics import REFUSAL_REASONS, makeMetricsRegistry
 
 #: Every family the README documents, by its exposed name.
 DOCUMENTED = {
@@ -35,6 +35,7 @@ DOCUMENTED = {
     "wslb_backend_bytes_total": "counter",
     "wslb_current_clients": "gauge",
     "wslb_handshakes_refused_total": "counter",
+    "wslb_client_closes_total": "counter",
     "wslb_info": "gauge",
 }
 
@@ -208,7 +209,7 @@ async def test_refusedHandshakeCountedByReason(backends, startLB):
     assert "503" in client.statusLine
     answer = await scrape(lb.monitorPort)
     assert {
-        reason: answer.value("wslb_handshakes_refused_total", reason=reason)
+        reason: answer.value("wslb_handshakes_refused_total", reason=reason, code="503")
         for reason in ("no_healthy_backend", "backends_failed", "shutting_down")
     } == {"no_healthy_backend": 1, "backends_failed": 0, "shutting_down": 0}
 
@@ -280,13 +281,27 @@ def test_identityMetrics() -> None:
 
 def test_withoutRelayClientsAndRefusalsAreZero() -> None:
     """
-    A monitor made without a relay reports no current clients and every
-    refusal reason as 0, rather than leaving the series out.
+    A monitor made without a relay reports no current clients, and every
+    refusal reason (with the HTTP status it is answered with) and every
+    client close code as 0, rather than leaving the series out.
     """
     registry = makeMetricsRegistry(BackendPool([]), "round-robin", Clock())
     assert registry.get_sample_value("wslb_current_clients") == 0
-    for reason in ("no_healthy_backend", "backends_failed", "shutting_down"):
+    for reason, code in REFUSAL_REASONS.items():
         value = registry.get_sample_value(
-            "wslb_handshakes_refused_total", {"reason": reason}
+            "wslb_handshakes_refused_total", {"reason": reason, "code": code}
         )
+        assert value == 0
+    assert set(REFUSAL_REASONS) >= {
+        "no_healthy_backend",
+        "backends_failed",
+        "backends_full",
+        "too_many_clients",
+        "shutting_down",
+        "too_many_from_address",
+        "origin_not_allowed",
+        "handshake_timeout",
+    }
+    for code in ("1009", "1002"):
+        value = registry.get_sample_value("wslb_client_closes_total", {"code": code})
         assert value == 0

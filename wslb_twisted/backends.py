@@ -137,13 +137,22 @@ class BackendPool:
 
     def healthy(self, exclude: Iterable[Backend] = ()) -> list[Backend]:
         """
-        The backends in rotation, in configuration order.
+        The eligible backends, in configuration order: those in rotation
+        (healthy) and not full (fewer connections, over every worker, than
+        their C{maxConnections}, when they have one).  Strategies only ever
+        choose among these.
 
         @param exclude: backends to leave out (those already tried for a
             client).
         """
         excluded = set(map(id, exclude))
-        return [b for b in self.backends if b.healthy and id(b) not in excluded]
+        return [
+            b
+            for b in self.backends
+            if b.healthy
+            and not (b.maxConnections and b.connections >= b.maxConnections)
+            and id(b) not in excluded
+        ]
 
     @property
     def healthyCount(self) -> int:

@@ -31,9 +31,19 @@ from twisted.web.server import Request
 
 from wslb_twisted import __version__
 from wslb_twisted.backends import Backend, BackendPool
-from wslb_twisted.relay import BACKENDS_FAILED, NO_HEALTHY_BACKEND, SHUTTING_DOWN
+from wslb_twisted.relay import (
+    BACKENDS_FAILED,
+    BACKENDS_FULL,
+    HANDSHAKE_TIMEOUT,
+    NO_HEALTHY_BACKEND,
+    ORIGIN_NOT_ALLOWED,
+    SHUTTING_DOWN,
+    TOO_MANY_CLIENTS,
+    TOO_MANY_FROM_ADDRESS,
+)
 
 __all__ = [
+    "CLIENT_CLOSE_CODES",
     "REFUSAL_REASONS",
     "LoadBalancerCollector",
     "MetricsResource",
@@ -41,11 +51,27 @@ __all__ = [
     "makeMetricsRegistry",
 ]
 
-REFUSAL_REASONS = (NO_HEALTHY_BACKEND, BACKENDS_FAILED, SHUTTING_DOWN)
+REFUSAL_REASONS = {
+    NO_HEALTHY_BACKEND: "503",
+    BACKENDS_FAILED: "503",
+    BACKENDS_FULL: "503",
+    TOO_MANY_CLIENTS: "503",
+    SHUTTING_DOWN: "503",
+    TOO_MANY_FROM_ADDRESS: "429",
+    ORIGIN_NOT_ALLOWED: "403",
+    HANDSHAKE_TIMEOUT: "none",
+}
 """
-The reasons a client's handshake is refused with 503, each always exposed
-(as 0 until it happens) so that C{rate()} and alerts see the series from the
-first scrape.
+The reasons a client's handshake is refused, with the HTTP status it is
+answered with (C{"none"}: the socket is dropped without an answer).  Each is
+always exposed (as 0 until it happens) so that C{rate()} and alerts see the
+series from the first scrape.
+"""
+
+CLIENT_CLOSE_CODES = (1009, 1002)
+"""
+The close codes the data path fails a client with (message too big,
+protocol error), each always exposed.
 """
 
 
@@ -64,7 +90,13 @@ class RelayCounts(Protocol):
     @property
     def refusals(self) -> Mapping[str, int]:
         """
-        Clients refused with 503 so far, by reason.
+        Clients refused so far, by reason (see L{REFUSAL_REASONS}).
+        """
+
+    @property
+    def clientCloses(self) -> Mapping[int, int]:
+        """
+        Clients failed by the data path so far, by close code.
         """
 
 
@@ -150,8 +182,8 @@ class LoadBalancerCollector:
     @ivar algorithm: the name of the balancing strategy in use.
     @ivar clock: provides C{seconds()}, on the same clock as the health
         checker's timestamps (the reactor).
-    @ivar relay: the relay's client count and refusals, or C{None} for a
-        monitor without a relay (both then read as 0).
+    @ivar relay: the relay's client count, refusals and client closes, or
+        C{None} for a monitor without a relay (all then read as 0).
     """
 
     def __init__(
@@ -235,13 +267,31 @@ class LoadBalancerCollector:
             refusals.update(relay.refusals)
         refused = CounterMetricFamily(
             "wslb_handshakes_refused",
-            "Client handshakes answered 503, by reason: no_healthy_backend, "
-            "backends_failed (every backend tried failed) or shutting_down.",
-            labels=["reason"],
+            "Client handshakes refused, by reason and by the HTTP status "
+            "answered (code): 503 for no_healthy_backend, backends_failed "
+            "(every backend tried failed), backends_full, too_many_clients and "
+            "shutting_down; 429 for too_many_from_address; 403 for "
+            'origin_not_allowed; "none" for handshake_timeout (the request '
+            "was not complete in time and the socket was dropped).",
+            labels=["reason", "code"],
         )
         for reason, count in refusals.items():
-            refused.add_metric([reason], count)
+            refused.add_metric([reason, REFUSAL_REASONS.get(reason, "")], count)
         yield refused
+
+        closes = dict.fromkeys(CLIENT_CLOSE_CODES, 0)
+        if relay is not None:
+            closes.update(relay.clientCloses)
+        closed = CounterMetricFamily(
+            "wslb_client_closes",
+            "Clients the load balancer closed for breaking a limit or the "
+            "protocol, by close code: 1009 (a message over the size limit) or "
+            "1002 (a framing error).",
+            labels=["code"],
+        )
+        for code, count in closes.items():
+            closed.add_metric([str(code)], count)
+        yield closed
 
         info = InfoMetricFamily(
             "wslb", "The load balancer's version and balancing algorithm."

@@ -53,6 +53,16 @@ BACKENDS_FAILED = "backends_failed"
 """A client was refused because every backend tried for it failed."""
 SHUTTING_DOWN = "shutting_down"
 """A client was refused because the load balancer was stopping."""
+BACKENDS_FULL = "backends_full"
+"""A client was refused (503) because every healthy backend was full."""
+TOO_MANY_CLIENTS = "too_many_clients"
+"""A client was refused (503) because C{maxClients} were connected."""
+TOO_MANY_FROM_ADDRESS = "too_many_from_address"
+"""A client was refused (429) because its address had C{maxConnectionsPerIP}."""
+ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+"""A client was refused (403) because its C{Origin} is not allowed."""
+HANDSHAKE_TIMEOUT = "handshake_timeout"
+"""A client was dropped for not sending its request within C{handshakeTimeout}."""
 
 # Request headers the load balancer does not pass to the backend: those of the
 # WebSocket handshake itself (the backend leg makes its own), hop-by-hop
@@ -87,25 +97,70 @@ _NOT_FORWARDED = frozenset(
 class ClientLeg(WebSocketServerProtocol):
     """
     The WebSocket connection from a client to the load balancer.
+
+    @ivar countedAddress: the client address this connection is counted
+        under in L{RelayFactory.addresses}, from its admission until its
+        connection is gone; C{None} outside that time.
     """
 
     factory: RelayFactory
     session: Session | None = None
+    countedAddress: str | None = None
+    _requestTimer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self.factory.connectionOpened(self)
         super().connectionMade()
+        timeout = self.factory.settings.handshakeTimeout
+        if timeout > 0:
+            self._requestTimer = self.factory.reactor.callLater(
+                timeout, self._requestTimedOut
+            )
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._cancelRequestTimer()
         super().connectionLost(reason)
+        address, self.countedAddress = self.countedAddress, None
+        if address is not None:
+            self.factory.addressClosed(address)
         self.factory.connectionClosed(self)
+
+    def _requestTimedOut(self) -> None:
+        """
+        The client has not sent its whole handshake request in time (a
+        slowloris, or a dead peer): drop it, answering nothing.
+        """
+        self._requestTimer = None
+        self.factory.countRefusal(HANDSHAKE_TIMEOUT)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _cancelRequestTimer(self) -> None:
+        if self._requestTimer is not None:
+            self._requestTimer.cancel()
+            self._requestTimer = None
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         """
-        Hold the client's handshake until a backend has accepted its own.
+        Admit the client within the limits (before any backend is tried),
+        then hold its handshake until a backend has accepted its own.
+
+        @raise ConnectionDeny: when a limit refuses the client (see
+            L{RelayFactory.admit}).
         """
-        self.session = Session(self.factory, self)
-        self.factory.sessions.add(self.session)
+        self._cancelRequestTimer()
+        factory = self.factory
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        address = clientAddress(
+            getattr(peer, "host", ""),
+            request.headers.get("x-forwarded-for"),
+            factory.settings.trustedProxies,
+        )
+        factory.admit(request.origin, address)
+        self.countedAddress = address
+        factory.addressOpened(address)
+        self.session = Session(factory, self)
+        self.session.clientAddress = address
+        factory.sessions.add(self.session)
         return self.session.start(request, self.http_request_uri)
 
     def onOpen(self) -> None:
@@ -193,6 +248,8 @@ class Session:
     @ivar backend: the backend counted as serving this client, or C{None}.
     @ivar leg: the backend leg, open or being opened, or C{None}.
     @ivar tried: the backends tried for this client so far, in order.
+    @ivar clientAddress: the client's address (trusted-proxy aware), set by
+        the client leg when it admits the client, before L{start}.
     """
 
     def __init__(self, factory: RelayFactory, client: ClientLeg) -> None:
@@ -229,7 +286,6 @@ class Session:
         peerHost = getattr(peer, "host", "")
         trusted = factory.settings.trustedProxies
         incoming = headers.get("x-forwarded-for")
-        self.clientAddress = clientAddress(peerHost, incoming, trusted)
         forwarded = {
             name: value for name, value in headers.items() if name not in _NOT_FORWARDED
         }
@@ -258,7 +314,10 @@ class Session:
         factory = self.factory
         candidates = factory.pool.healthy(exclude=self.tried)
         if not candidates and not self.tried:
-            self._refuse(NO_HEALTHY_BACKEND, "no healthy backend")
+            if factory.pool.healthyCount:
+                self._refuse(BACKENDS_FULL, "every healthy backend is full")
+            else:
+                self._refuse(NO_HEALTHY_BACKEND, "no healthy backend")
             return
         if not candidates or len(self.tried) > factory.settings.maxRetries:
             self._refuse(BACKENDS_FAILED, self._lastFailure)
@@ -387,6 +446,7 @@ class Session:
             self.backend,
             factory.settings.maxMessageSize,
             factory.reactor,
+            factory.clientCloses,
         )
         self.pipe.start(self.client, leg)
         self.pipe.startLiveness(
@@ -445,9 +505,20 @@ class RelayFactory(WebSocketServerFactory):
     @ivar pool: the backends.
     @ivar strategy: picks a backend per client.
     @ivar settings: the configuration.
-    @ivar sessions: the sessions whose client is connected.
-    @ivar refusals: clients refused with 503, by reason: L{NO_HEALTHY_BACKEND},
-        L{BACKENDS_FAILED} or L{SHUTTING_DOWN}.
+    @ivar sessions: the sessions whose client is connected (admitted, and
+        not gone yet): the clients C{maxClients} counts.
+    @ivar refusals: clients refused, by reason: with HTTP 503,
+        L{NO_HEALTHY_BACKEND}, L{BACKENDS_FAILED}, L{BACKENDS_FULL},
+        L{TOO_MANY_CLIENTS} or L{SHUTTING_DOWN}; with 429,
+        L{TOO_MANY_FROM_ADDRESS}; with 403, L{ORIGIN_NOT_ALLOWED}; dropped
+        without an answer, L{HANDSHAKE_TIMEOUT}.
+    @ivar addresses: connected clients by client address (only addresses
+        with at least one), for C{maxConnectionsPerIP}.
+    @ivar elsewhereClients: clients connected to the other worker processes,
+        as of the last sync (see L{wslb_twisted.workers}); 0 without workers.
+    @ivar clientCloses: clients the data path closed for breaking a limit
+        or the protocol, by close code (1009: message too big; 1002:
+        protocol error).
     """
 
     protocol = ClientLeg  # type: ignore[assignment]
@@ -485,6 +556,9 @@ class RelayFactory(WebSocketServerFactory):
         self.whenReady = whenReady or (lambda: succeed(None))
         self.sessions: set[Session] = set()
         self.refusals: dict[str, int] = {}
+        self.addresses: dict[str, int] = {}
+        self.elsewhereClients = 0
+        self.clientCloses: dict[int, int] = {}
         self.connections: set[WebSocketProtocol] = set()
         self._drained: list[Deferred[None]] = []
         attemptsTime = settings.connectTimeout * (settings.maxRetries + 1)
@@ -535,6 +609,56 @@ class RelayFactory(WebSocketServerFactory):
         Forget a session whose client has gone.
         """
         self.sessions.discard(session)
+
+    def admit(self, origin: str, address: str) -> None:
+        """
+        Check a client whose handshake request has arrived against the
+        limits, before any backend is tried: its C{Origin}, the connections
+        from its address, then the clients connected.
+
+        @param origin: the request's C{Origin} header (empty when missing).
+        @param address: the client address (trusted-proxy aware).
+        @raise ConnectionDeny: 403 when C{allowedOrigins} is not empty, has
+            no C{*}, and does not hold C{origin} (a missing C{Origin} too);
+            429 when C{address} already has C{maxConnectionsPerIP}
+            connections; 503 when C{maxClients} clients are connected.  The
+            refusal is counted in L{refusals}.
+        """
+        settings = self.settings
+        allowed = settings.allowedOrigins
+        if allowed and "*" not in allowed and origin.lower() not in allowed:
+            self.countRefusal(ORIGIN_NOT_ALLOWED)
+            raise ConnectionDeny(403, "origin not allowed")
+        perAddress = settings.maxConnectionsPerIP
+        if perAddress and self.addresses.get(address, 0) >= perAddress:
+            self.countRefusal(TOO_MANY_FROM_ADDRESS)
+            raise ConnectionDeny(429, "too many connections from this address")
+        most = settings.maxClients
+        if most and len(self.sessions) + self.elsewhereClients >= most:
+            self.countRefusal(TOO_MANY_CLIENTS)
+            raise ConnectionDeny(503, "too many clients")
+
+    def countRefusal(self, reason: str) -> None:
+        """
+        Count one refused client under C{reason}.
+        """
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+    def addressOpened(self, address: str) -> None:
+        """
+        Count one more connected client from C{address}.
+        """
+        self.addresses[address] = self.addresses.get(address, 0) + 1
+
+    def addressClosed(self, address: str) -> None:
+        """
+        Count one client from C{address} less; forget the address at 0.
+        """
+        left = self.addresses[address] - 1
+        if left:
+            self.addresses[address] = left
+        else:
+            del self.addresses[address]
 
     def connectionOpened(self, leg: WebSocketProtocol) -> None:
         """

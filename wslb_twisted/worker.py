@@ -83,10 +83,10 @@ class WorkerAMP(amp.AMP):
         self.reactor = reactor
 
     @Sync.responder
-    def sync(self, health: str, elsewhere: str) -> dict[str, str]:
+    def sync(self, health: str, elsewhere: str, clients: int) -> dict[str, str]:
         """
-        Take the backends' health and the other workers' connection counts;
-        answer with this worker's counters.
+        Take the backends' health and the other workers' connection and
+        client counts; answer with this worker's counters.
         """
         healthy = json.loads(health)
         others = json.loads(elsewhere)
@@ -95,7 +95,11 @@ class WorkerAMP(amp.AMP):
             backend.elsewhereConnections = int(others.get(backend.id, 0))
         self.readiness.fire()
         relay = self.relay
-        return {"stats": workerStats(self.pool, len(relay.sessions), relay.refusals)}
+        relay.elsewhereClients = clients
+        stats = workerStats(
+            self.pool, len(relay.sessions), relay.refusals, relay.clientCloses
+        )
+        return {"stats": stats}
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """

@@ -77,10 +77,15 @@ class Sync(amp.Command):
     C{health} maps backend ids to booleans, C{elsewhere} maps them to
     connection counts, and the answer's C{stats} holds, per backend id, the
     values of L{_COUNTERS} under C{backends}, plus C{clients} and
-    C{refusals}; all JSON.
+    C{refusals} and C{clientCloses}; all JSON.  C{clients} is how many
+    clients the other workers hold (for C{maxClients}).
     """
 
-    arguments = [(b"health", amp.Unicode()), (b"elsewhere", amp.Unicode())]
+    arguments = [
+        (b"health", amp.Unicode()),
+        (b"elsewhere", amp.Unicode()),
+        (b"clients", amp.Integer()),
+    ]
     response = [(b"stats", amp.Unicode())]
 
 
@@ -94,6 +99,10 @@ def settingsToJSON(settings: Settings) -> str:
             "maxRetries": settings.maxRetries,
             "connectTimeout": settings.connectTimeout,
             "maxMessageSize": settings.maxMessageSize,
+            "maxClients": settings.maxClients,
+            "maxConnectionsPerIP": settings.maxConnectionsPerIP,
+            "handshakeTimeout": settings.handshakeTimeout,
+            "allowedOrigins": settings.allowedOrigins,
             "trustedProxies": [str(n) for n in settings.trustedProxies],
             "isSecure": settings.port.split(":", 1)[0] in ("ssl", "tls"),
             "backends": [
@@ -104,6 +113,7 @@ def settingsToJSON(settings: Settings) -> str:
                     "weight": b.weight,
                     "healthPort": b.healthPort,
                     "healthPath": b.healthPath,
+                    "maxConnections": b.maxConnections,
                 }
                 for b in settings.backends
             ],
@@ -123,6 +133,10 @@ def settingsFromJSON(text: str) -> tuple[Settings, bool]:
         maxRetries=data["maxRetries"],
         connectTimeout=data["connectTimeout"],
         maxMessageSize=data["maxMessageSize"],
+        maxClients=data["maxClients"],
+        maxConnectionsPerIP=data["maxConnectionsPerIP"],
+        handshakeTimeout=data["handshakeTimeout"],
+        allowedOrigins=data["allowedOrigins"],
         trustedProxies=[ip_network(n) for n in data["trustedProxies"]],
         backends=[Backend(**b) for b in data["backends"]],
     )
@@ -167,6 +181,7 @@ class WorkerState:
     stats: dict[str, list[int]] = field(default_factory=dict)
     clients: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
+    clientCloses: dict[int, int] = field(default_factory=dict)
     ended: Deferred[None] | None = None
 
 
@@ -247,6 +262,8 @@ class WorkerPool(Service):
     @ivar sessions: a sized stand-in for the connected clients of all
         workers (for the metrics, which read C{len(relay.sessions)}).
     @ivar refusals: handshakes refused by all workers, by reason.
+    @ivar clientCloses: clients failed by all workers' data paths, by close
+        code.
     """
 
     def __init__(
@@ -270,6 +287,7 @@ class WorkerPool(Service):
         self.workers = [WorkerState(n) for n in range(1, count + 1)]
         self._retired: dict[str, list[int]] = {}
         self._retiredRefusals: dict[str, int] = {}
+        self._retiredCloses: dict[int, int] = {}
         self._sync = LoopingCall(self._syncAll)
         self._sync.clock = reactor
         self._stopping = False
@@ -294,6 +312,17 @@ class WorkerPool(Service):
                 total[reason] = total.get(reason, 0) + count
         return total
 
+    @property
+    def clientCloses(self) -> dict[int, int]:
+        """
+        Clients failed by every worker's data path so far, by close code.
+        """
+        total = dict(self._retiredCloses)
+        for worker in self.workers:
+            for code, count in worker.clientCloses.items():
+                total[code] = total.get(code, 0) + count
+        return total
+
     # Running
 
     def startService(self) -> None:
@@ -313,6 +342,7 @@ class WorkerPool(Service):
         env[SETTINGS_VARIABLE] = settingsToJSON(self.settings)
         env["WSLB_WORKER_NUMBER"] = str(state.number)
         state.stats, state.clients, state.refusals = {}, 0, {}
+        state.clientCloses = {}
         state.ended = Deferred()
         state.process = self.reactor.spawnProcess(
             WorkerProcess(self, state),
@@ -360,25 +390,35 @@ class WorkerPool(Service):
                 kept[index] += values[index]
         for reason, count in state.refusals.items():
             self._retiredRefusals[reason] = self._retiredRefusals.get(reason, 0) + count
+        for code, count in state.clientCloses.items():
+            self._retiredCloses[code] = self._retiredCloses.get(code, 0) + count
         state.stats, state.clients, state.refusals = {}, 0, {}
+        state.clientCloses = {}
         self._updatePool()
 
     def _syncAll(self) -> None:
         health = json.dumps({b.id: b.healthy for b in self.pool})
         totals = {b.id: b.activeConnections for b in self.pool}
+        clients = sum(state.clients for state in self.workers)
         for state in self.workers:
             protocol = state.protocol
             if protocol is None:
                 continue
             own = {i: v[0] for i, v in state.stats.items()}
             elsewhere = json.dumps({i: totals[i] - own.get(i, 0) for i in totals})
-            d = protocol.callRemote(Sync, health=health, elsewhere=elsewhere)
+            d = protocol.callRemote(
+                Sync,
+                health=health,
+                elsewhere=elsewhere,
+                clients=clients - state.clients,
+            )
             d.addCallbacks(self._synced, self._syncFailed, callbackArgs=(state,))
 
     def _synced(self, answer: dict[str, str], state: WorkerState) -> None:
         stats = json.loads(answer["stats"])
         state.clients = stats["clients"]
         state.refusals = stats["refusals"]
+        state.clientCloses = {int(c): n for c, n in stats["clientCloses"].items()}
         state.stats = stats["backends"]
         self._updatePool()
 
@@ -437,7 +477,12 @@ def _cancelling(result: object, call: Any) -> object:
     return result
 
 
-def workerStats(pool: Iterable[Backend], clients: int, refusals: dict[str, int]) -> str:
+def workerStats(
+    pool: Iterable[Backend],
+    clients: int,
+    refusals: dict[str, int],
+    clientCloses: dict[int, int],
+) -> str:
     """
     A worker's answer to L{Sync}: its counters, as JSON.
     """
@@ -446,5 +491,6 @@ def workerStats(pool: Iterable[Backend], clients: int, refusals: dict[str, int])
             "backends": {b.id: [getattr(b, name) for name in _COUNTERS] for b in pool},
             "clients": clients,
             "refusals": refusals,
+            "clientCloses": clientCloses,
         }
     )
