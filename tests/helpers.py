@@ -355,7 +355,7 @@ def startLoadBalancer(backends: list[Any], **overrides: Any) -> Any:
 
     specs = [b.spec() if isinstance(b, RunningBackend) else b for b in backends]
     settings = Settings(
-        port="tcp:0:interface=127.0.0.1",
+        port=overrides.pop("port", "tcp:0:interface=127.0.0.1"),
         monitorPort="tcp:0:interface=127.0.0.1",
         backends=specs,
         healthInterval=overrides.pop("healthInterval", 60.0),

@@ -304,7 +304,7 @@ def loadSettings(
         pingTimeout=_parseMilliseconds(sources.lookup(_PING_TIMEOUT)),
         healthRise=_parseCount(sources.lookup(_HEALTH_RISE), 1, "checks"),
         healthFall=_parseCount(sources.lookup(_HEALTH_FALL), 1, "checks"),
-        backendCA=_parseReadableFile(sources.lookup(_BACKEND_CA), base),
+        backendCA=_parseCertificateFile(sources.lookup(_BACKEND_CA), base),
         drainSeconds=_parseSeconds(sources.lookup(_DRAIN_SECONDS)),
         configFile=None if configFile is None else configFile[1],
     )
@@ -366,6 +366,22 @@ def _parseReadableFile(given: _Given, base: str) -> str | None:
     except OSError as error:
         raise given.bad(f"cannot be read ({error.strerror})") from None
     return os.path.abspath(path)
+
+
+def _parseCertificateFile(given: _Given, base: str) -> str | None:
+    """
+    Check that a file can be read and holds PEM certificates; empty means
+    none.
+    """
+    path = _parseReadableFile(given, base)
+    if path is not None:
+        from wslb_twisted.tls import readCertificates
+
+        try:
+            readCertificates(path)
+        except ValueError as error:
+            raise given.bad(str(error)) from None
+    return path
 
 
 def _listFrom(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from zope.interface import implementer
 
@@ -132,10 +133,12 @@ def directWriter(transport: Any) -> Any:
         transports that are not plain TCP connections (TLS, tests).
     """
     queue = transport.write
-    sock = getattr(transport, "socket", None)
-    if sock is None or not hasattr(transport, "_tempDataLen"):
+    # Checked by type, not by attribute: a TLS transport answers for the TCP
+    # connection under it (its socket, its buffers) through __getattr__, and
+    # sending on that socket would bypass the encryption.
+    if not isinstance(transport, tcp.Connection) or transport.TLS:
         return queue
-    send = sock.send
+    send = transport.socket.send
 
     def write(data: bytes) -> None:
         if transport.dataBuffer or transport._tempDataLen or transport.disconnecting:
@@ -605,9 +608,17 @@ class Pipe:
         client, backend = self.client, self.backend
         if client.connected:
             if client.sentClose and client.gotClose:
-                # As the client's server, we close its connection.
+                # As the client's server, we close its connection.  A TLS
+                # transport does not close while a producer is registered,
+                # and then waits for the client's TLS close: the timer below
+                # cuts it if that never comes.  Nothing more goes to the
+                # client, so the backend may be read again (to see it close).
+                client.transport.unregisterProducer()
+                reading = backend.reading
+                if backend.connected and reading is not None and reading.paused:
+                    reading.resumeProducing()
                 client.transport.loseConnection()
-            elif client.sentClose and client.timer is None:
+            if client.sentClose and client.timer is None:
                 client.timer = self.clock.callLater(CLOSE_TIMEOUT, self._cut, client)
         if backend.connected and backend.sentClose and backend.timer is None:
             # The backend, as the server, drops the connection once the

@@ -39,6 +39,7 @@ from wslb_twisted.backends import Backend, BackendPool
 from wslb_twisted.config import Settings
 from wslb_twisted.forwarding import clientAddress, forwardedFor
 from wslb_twisted.interfaces import IStrategy
+from wslb_twisted.tls import BackendTLS, describeTLSFailure
 
 log = Logger()
 
@@ -194,6 +195,10 @@ class BackendLeg(WebSocketClientProtocol):
         self.factory.session.legConnected(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.wasNotCleanReason is None:
+            # A failed TLS handshake (a certificate that does not verify)
+            # would otherwise read as "peer dropped the TCP connection".
+            self.wasNotCleanReason = describeTLSFailure(reason)
         super().connectionLost(reason)
         self.factory.relay.connectionClosed(self)
 
@@ -328,9 +333,18 @@ class Session:
         backend.connectionOpened()
         legFactory = factory.legFactory(self, backend, self._legFactoryArguments)
         timeout = factory.settings.connectTimeout
-        self._connector = factory.reactor.connectTCP(
-            backend.host, backend.port, legFactory, timeout=timeout
-        )
+        if backend.tls:
+            self._connector = factory.reactor.connectSSL(
+                backend.host,
+                backend.port,
+                legFactory,
+                factory.backendTLS.creatorFor(backend.host),
+                timeout=timeout,
+            )
+        else:
+            self._connector = factory.reactor.connectTCP(
+                backend.host, backend.port, legFactory, timeout=timeout
+            )
         self._timer = factory.reactor.callLater(timeout, self._attemptTimedOut)
 
     def _attemptTimedOut(self) -> None:
@@ -519,6 +533,7 @@ class RelayFactory(WebSocketServerFactory):
     @ivar clientCloses: clients the data path closed for breaking a limit
         or the protocol, by close code (1009: message too big; 1002:
         protocol error).
+    @ivar backendTLS: how C{wss} backends are connected to and verified.
     """
 
     protocol = ClientLeg  # type: ignore[assignment]
@@ -537,8 +552,8 @@ class RelayFactory(WebSocketServerFactory):
         @param pool: the backends.
         @param strategy: the balancing strategy.
         @param settings: the configuration (retries, timeouts, limits).
-        @param reactor: provides L{IReactorTCP} and L{IReactorTime}; the
-            global reactor when C{None}.
+        @param reactor: provides L{IReactorTCP}, L{IReactorSSL} and
+            L{IReactorTime}; the global reactor when C{None}.
         @param whenReady: returns a Deferred that fires once every backend has
             been health-checked; clients wait for it before a backend is
             picked.
@@ -561,6 +576,7 @@ class RelayFactory(WebSocketServerFactory):
         self.clientCloses: dict[int, int] = {}
         self.connections: set[WebSocketProtocol] = set()
         self._drained: list[Deferred[None]] = []
+        self.backendTLS = BackendTLS(settings.backendCA)
         attemptsTime = settings.connectTimeout * (settings.maxRetries + 1)
         self.setProtocolOptions(
             webStatus=False,
@@ -592,7 +608,7 @@ class RelayFactory(WebSocketServerFactory):
         factory.__class__ = BackendLegFactory
         assert isinstance(factory, BackendLegFactory)
         factory.setSessionParameters(
-            url=f"ws://{backend.host}:{backend.port}",
+            url=f"{'wss' if backend.tls else 'ws'}://{backend.host}:{backend.port}",
             origin=arguments["origin"],
             protocols=arguments["protocols"],
             useragent=arguments["useragent"],

@@ -114,9 +114,11 @@ def settingsToJSON(settings: Settings) -> str:
                     "healthPort": b.healthPort,
                     "healthPath": b.healthPath,
                     "maxConnections": b.maxConnections,
+                    "tls": b.tls,
                 }
                 for b in settings.backends
             ],
+            "backendCA": settings.backendCA,
         }
     )
 
@@ -139,6 +141,7 @@ def settingsFromJSON(text: str) -> tuple[Settings, bool]:
         allowedOrigins=data["allowedOrigins"],
         trustedProxies=[ip_network(n) for n in data["trustedProxies"]],
         backends=[Backend(**b) for b in data["backends"]],
+        backendCA=data["backendCA"],
     )
     return settings, data["isSecure"]
 
