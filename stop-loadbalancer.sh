@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Stop what ./start-loadbalancer.sh started: the processes named by the pid
 # files in run/ (or $WSLB_RUN_DIR), and nothing else.  The load balancer goes
-# first (its clients get close 1001, going away), then the backends.  Each
-# gets SIGTERM, then SIGKILL if it has not exited within $WSLB_STOP_TIMEOUT
-# seconds (default 10).  Running it when nothing runs is fine.
+# first (its clients get close 1001, going away, spread over DRAIN_SECONDS),
+# then the backends.  Each gets SIGTERM, then SIGKILL if it has not exited
+# within $WSLB_STOP_TIMEOUT seconds (default 20: the default drain of 10
+# seconds and its 5-second deadline fit).  Running it when nothing runs is
+# fine.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 run_dir=${WSLB_RUN_DIR:-$here/run}
-stop_timeout=${WSLB_STOP_TIMEOUT:-10}
+stop_timeout=${WSLB_STOP_TIMEOUT:-20}
 
 case "$stop_timeout" in
   '' | *[!0-9]*)

@@ -18,5 +18,15 @@ except ConfigError as error:
 # first, before anything else can go wrong.
 from wslb_twisted.service import makeService  # noqa: E402
 
+cwd = os.getcwd()
+
+
+def reloadSettings():
+    """On SIGHUP: the environment and .env again, and the --config-file."""
+    return loadSettings({}, os.environ, cwd)
+
+
 application = service.Application("wslb")
-makeService(settings).setServiceParent(application)
+makeService(
+    settings, reloadSettings=reloadSettings, handleSignals=True
+).setServiceParent(application)

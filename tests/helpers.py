@@ -361,6 +361,7 @@ def startLoadBalancer(backends: list[Any], **overrides: Any) -> Any:
         healthInterval=overrides.pop("healthInterval", 60.0),
         healthTimeout=overrides.pop("healthTimeout", 2.0),
         connectTimeout=overrides.pop("connectTimeout", 3.0),
+        drainSeconds=overrides.pop("drainSeconds", 0.0),
         **overrides,
     )
     service = makeService(settings)
@@ -407,6 +408,8 @@ SETTINGS_VARIABLES = (
     "TRUSTED_PROXIES",
     "BACKEND_CONNECT_TIMEOUT",
     "LOG_FORMAT",
+    "DRAIN_SECONDS",
+    "CONFIG_FILE",
 )
 
 

@@ -60,6 +60,7 @@ def spawnLoadBalancer(
         "wslb",
         "--port=tcp:0:interface=127.0.0.1",
         "--monitor-port=tcp:0:interface=127.0.0.1",
+        "--drain-seconds=0",
         *extra,
     ]
     # The test backends' health ports are not port + 1000: give them as JSON.

@@ -36,6 +36,7 @@ def _spawn(backends, tmp_path, extra=()):
         "--port=tcp:0:interface=127.0.0.1",
         "--monitor-port=tcp:0:interface=127.0.0.1",
         "--health-interval=200",
+        "--drain-seconds=0",
         "--backends=" + json.dumps(specs),
         *extra,
     ]

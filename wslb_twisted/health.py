@@ -385,6 +385,28 @@ class HealthChecker(Service):
         self._firstRoundWaiters.append(waiter)
         return waiter
 
+    def checkNow(self, backends: list[Backend]) -> None:
+        """
+        Check some backends now rather than at their place in the next round:
+        backends that joined the pool (a configuration reload), so that they
+        come into rotation without waiting up to an interval.  A backend
+        whose check is already running is not checked twice.
+
+        @param backends: backends of the pool.
+        """
+        if not self.running:
+            return
+        for backend in backends:
+            if backend in self._inFlight:
+                continue
+            try:
+                self._check(backend)
+            except Exception:
+                self.log.failure(
+                    "Could not start the health check of {backendId}",
+                    backendId=backend.id,
+                )
+
     def _firstRoundComplete(self) -> bool:
         return all(backend in self._checkedOnce for backend in self.pool)
 

@@ -4,20 +4,23 @@ Wiring: the health checker, the relay and the monitoring site as one service.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wslb_twisted.backends import BackendPool
 from wslb_twisted.config import Settings
+from wslb_twisted.drain import Drain, catchStopSignals
 from wslb_twisted.health import HealthChecker
 from wslb_twisted.monitor import makeMonitorSite
 from wslb_twisted.plugin import availableStrategies
 from wslb_twisted.relay import RelayFactory
+from wslb_twisted.reload import SIGHUPHandler, reloadPool
 
 log = Logger()
 
@@ -101,27 +104,60 @@ class ListeningService(Service):
 
 class ClosingService(Service):
     """
-    Closes every client with 1001 "going away" when the service stops.
+    Closes every client with 1001 "going away" when the service stops,
+    spread over C{drainSeconds} (see L{wslb_twisted.drain}).
+
+    @ivar drainSeconds: the period over which the clients are closed (0: all
+        at once); a reload may change it.
+    @ivar catchSignals: whether a second SIGTERM or SIGINT during the drain
+        closes the remaining clients at once (under twistd; not for a
+        service run inside another program).
+    @ivar drain: the drain under way, or C{None}.
     """
 
-    def __init__(self, relay: RelayFactory, timeout: float) -> None:
+    def __init__(
+        self,
+        relay: RelayFactory,
+        timeout: float,
+        drainSeconds: float = 0.0,
+        reactor: Any = None,
+        catchSignals: bool = False,
+    ) -> None:
         """
         @param relay: the relay whose connections to close.
-        @param timeout: seconds allowed for closing handshakes before the
-            remaining connections are cut.
+        @param timeout: seconds allowed for closing handshakes, after the
+            drain period, before the remaining connections are cut.
+        @param drainSeconds: the period over which to close the clients.
+        @param reactor: times the drain and runs the signal handlers; the
+            relay's reactor when C{None}.
+        @param catchSignals: whether to catch a second stop signal.
         """
         self.relay = relay
         self.timeout = timeout
+        self.drainSeconds = drainSeconds
+        self.reactor = relay.reactor if reactor is None else reactor
+        self.catchSignals = catchSignals
+        self.drain: Drain | None = None
 
     def stopService(self) -> Deferred[None]:
         """
-        Close every connection; fires when none is left.
+        Close every connection, spread over the drain period; fires when none
+        is left.
         """
         super().stopService()
-        clients = len(self.relay.sessions)
-        if clients:
-            log.info("closing {clients} client(s) with 1001", clients=clients)
-        return self.relay.closeAll(self.timeout)
+        drain = self.drain = Drain(
+            self.relay, self.drainSeconds, self.timeout, self.reactor
+        )
+        done = drain.start()
+        if self.catchSignals and not done.called:
+            restore = catchStopSignals(self.reactor, drain.hurry)
+            done.addBoth(_after, restore)
+        return done
+
+
+def _after(result: object, call: Callable[[], object]) -> object:
+    call()
+    return result
 
 
 class LoadBalancerService(MultiService):
@@ -133,16 +169,38 @@ class LoadBalancerService(MultiService):
     @ivar checker: the health checker.
     @ivar clientListener: listens for clients.
     @ivar monitorListener: listens for the monitoring API.
+    @ivar closing: closes (drains) the clients when the service stops.
+    @ivar settings: the settings in force (a reload changes some).
+    @ivar reloadSettings: reads the configuration again for L{reload}, or
+        C{None}.
     """
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        reloadSettings: Callable[[], Settings] | None = None,
+        handleSignals: bool = False,
+    ) -> None:
         """
         @param settings: validated configuration.
         @param reactor: the reactor to run on.
+        @param reloadSettings: reads and validates the configuration again,
+            raising L{ConfigError <wslb_twisted.config.ConfigError>} when it
+            is bad; used by L{reload}.
+        @param handleSignals: whether SIGHUP reloads (with
+            C{reloadSettings}) and a second SIGTERM or SIGINT during the
+            drain closes every client at once, as under twistd.
         """
         super().__init__()
         self.setName("wslb")
         self.settings = settings
+        self.reloadSettings = reloadSettings
+        self._reactor = reactor
+        self._ready = False
+        self._sighup: SIGHUPHandler | None = None
+        if handleSignals and reloadSettings is not None:
+            self._sighup = SIGHUPHandler(reactor, self.reload)
         self.pool = BackendPool(list(settings.backends))
         strategy = availableStrategies()[settings.algorithm]()
         self.checker = HealthChecker(
@@ -153,7 +211,7 @@ class LoadBalancerService(MultiService):
             strategy,
             settings,
             reactor=reactor,
-            whenReady=self.checker.whenFirstRoundDone,
+            whenReady=self._whenReady,
             isSecure=settings.port.split(":", 1)[0] in ("ssl", "tls"),
         )
         site = makeMonitorSite(
@@ -166,7 +224,14 @@ class LoadBalancerService(MultiService):
             settings.monitorPort, "monitoring port", site, reactor
         )
         self.checker.setServiceParent(self)
-        ClosingService(self.relay, SHUTDOWN_TIMEOUT).setServiceParent(self)
+        self.closing = ClosingService(
+            self.relay,
+            SHUTDOWN_TIMEOUT,
+            settings.drainSeconds,
+            reactor,
+            catchSignals=handleSignals,
+        )
+        self.closing.setServiceParent(self)
         self.clientListener.setServiceParent(self)
         self.monitorListener.setServiceParent(self)
 
@@ -183,13 +248,82 @@ class LoadBalancerService(MultiService):
         number = getattr(port.getHost(), "port", None)
         return number if isinstance(number, int) else None
 
+    def _whenReady(self) -> Deferred[None]:
+        """
+        What a client waits for before a backend is picked: the first health
+        checks at startup, and nothing after them (backends a reload adds
+        join when checked, without holding anyone up).
+        """
+        if self._ready:
+            return succeed(None)
+        waiting = self.checker.whenFirstRoundDone()
+        waiting.addCallback(self._readyNow)
+        return waiting
 
-def makeService(settings: Settings, reactor: Any = None) -> MultiService:
+    def _readyNow(self, result: None) -> None:
+        self._ready = True
+
+    def startService(self) -> None:
+        """
+        Start everything, and handle SIGHUP once the reactor runs.
+        """
+        super().startService()
+        if self._sighup is not None:
+            self._reactor.callWhenRunning(self._installSIGHUP)
+
+    def _installSIGHUP(self) -> None:
+        if self.running and self._sighup is not None:
+            self._sighup.install()
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Stop listening at once, drain the clients and stop everything else;
+        SIGHUPs are ignored meanwhile, and the previous SIGHUP handler is put
+        back once everything has stopped.
+        """
+        stopped: Deferred[Any] = super().stopService()
+        if self._sighup is not None:
+            return self._sighup.stopping(stopped)
+        return stopped
+
+    def reload(self) -> bool:
+        """
+        Read the configuration again and apply what can change while clients
+        are connected: the backends (see L{wslb_twisted.reload}) and the
+        drain period.  A bad configuration changes nothing.
+
+        @return: whether the new configuration was taken.
+        """
+        if self.reloadSettings is None or not self.running:
+            return False
+        result = reloadPool(self.reloadSettings, self.settings, self.pool)
+        if result is None:
+            return False
+        self.settings, update = result
+        self.closing.drainSeconds = self.settings.drainSeconds
+        if update.anything:
+            # Strategies remember backends (turns, weights, hash points).
+            strategy = availableStrategies()[self.settings.algorithm]()
+            self.relay.strategy = strategy
+        self.checker.checkNow(update.joining)
+        return True
+
+
+def makeService(
+    settings: Settings,
+    reactor: Any = None,
+    reloadSettings: Callable[[], Settings] | None = None,
+    handleSignals: bool = False,
+) -> MultiService:
     """
     Build the load balancer from its settings.
 
     @param settings: validated configuration.
     @param reactor: the reactor to run on; the global one when C{None}.
+    @param reloadSettings: reads the configuration again on SIGHUP (see
+        L{LoadBalancerService.reload}).
+    @param handleSignals: whether to handle SIGHUP and a second stop signal
+        (under twistd).
     @return: a service running the health checker, the client port and the
         monitoring port.
     """
@@ -200,5 +334,5 @@ def makeService(settings: Settings, reactor: Any = None) -> MultiService:
     if settings.workers > 1:
         from wslb_twisted.supervisor import SupervisorService
 
-        return SupervisorService(settings, reactor)
-    return LoadBalancerService(settings, reactor)
+        return SupervisorService(settings, reactor, reloadSettings, handleSignals)
+    return LoadBalancerService(settings, reactor, reloadSettings, handleSignals)

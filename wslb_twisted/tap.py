@@ -228,6 +228,8 @@ class Options(usage.Options):
             twistd prints without a traceback.
         """
         given = {name: value for name, value in self.items() if value is not None}
+        self._given = given
+        self._cwd = os.getcwd()
         try:
             self.settings = loadSettings(given, os.environ)
             if self.settings.logFormat == "json" and self.parent is not None:
@@ -236,6 +238,17 @@ class Options(usage.Options):
                 logJSONUnderTwistd(self.parent)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
+
+    def reloadSettings(self) -> Settings:
+        """
+        Work out the settings again, as on SIGHUP: from the same command-line
+        options, the environment and C{.env} file as they are now, and the
+        C{--config-file} read again.
+
+        @return: the validated settings.
+        @raise ConfigError: when a value is bad.
+        """
+        return loadSettings(self._given, os.environ, self._cwd)
 
 
 def makeService(options: Options) -> IService:
@@ -247,4 +260,6 @@ def makeService(options: Options) -> IService:
     """
     from wslb_twisted.service import makeService as makeSettingsService
 
-    return makeSettingsService(options.settings)
+    return makeSettingsService(
+        options.settings, reloadSettings=options.reloadSettings, handleSignals=True
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -20,12 +21,15 @@ from twisted.logger import FileLogObserver, Logger, formatEvent, globalLogBeginn
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from wslb_twisted.backends import BackendPool
+from wslb_twisted.backends import Backend, BackendPool
+from wslb_twisted.drain import Drain, catchStopSignals
 from wslb_twisted.plugin import availableStrategies
 from wslb_twisted.relay import RelayFactory
+from wslb_twisted.reload import applyPoolUpdate, planPoolUpdate
 from wslb_twisted.workers import (
     LISTENING_FD,
     SETTINGS_VARIABLE,
+    Reconfigure,
     Sync,
     settingsFromJSON,
     workerStats,
@@ -101,6 +105,22 @@ class WorkerAMP(amp.AMP):
         )
         return {"stats": stats}
 
+    @Reconfigure.responder
+    def reconfigure(self, backends: str, drainSeconds: float) -> dict[str, str]:
+        """
+        Follow a reload: update the pool to the new backend list as the
+        supervisor did, and take the new drain period.  New backends stay out
+        of rotation until a sync says they are healthy.
+        """
+        relay = self.relay
+        wanted = [Backend(**config) for config in json.loads(backends)]
+        update = planPoolUpdate(self.pool, wanted)
+        applyPoolUpdate(self.pool, update)
+        if update.anything:
+            relay.strategy = availableStrategies()[relay.settings.algorithm]()
+        relay.settings.drainSeconds = drainSeconds
+        return {}
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
         The supervisor is gone: stop, closing the clients with 1001.
@@ -143,8 +163,22 @@ def main() -> None:
 
     def stop() -> Deferred[Any]:
         port.stopListening()
-        return relay.closeAll(SHUTDOWN_TIMEOUT)
+        drain = Drain(relay, relay.settings.drainSeconds, SHUTDOWN_TIMEOUT, reactor)
+        done = drain.start()
+        if not done.called:
+            # The supervisor passes a second SIGTERM on.
+            restore = catchStopSignals(reactor, drain.hurry, [signal.SIGTERM])
 
+            def restoring(result: object) -> object:
+                restore()
+                return result
+
+            done.addBoth(restoring)
+        return done
+
+    # Stopping is the supervisor's call: a Ctrl-C reaches the workers too,
+    # and would count as the second signal of the supervisor's SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     StandardIO(WorkerAMP(pool, relay, readiness, reactor))
     log.info("worker {number} accepting clients", number=number)

@@ -40,6 +40,8 @@ from zope.interface import implementer
 
 from wslb_twisted.backends import Backend, BackendPool
 from wslb_twisted.config import ConfigError, Settings
+from wslb_twisted.drain import catchStopSignals
+from wslb_twisted.reload import backendConfig
 
 log = Logger()
 
@@ -89,6 +91,20 @@ class Sync(amp.Command):
     response = [(b"stats", amp.Unicode())]
 
 
+class Reconfigure(amp.Command):
+    """
+    Supervisor to worker: the configuration was reloaded; here are the new
+    backend list and drain period.
+
+    C{backends} is a JSON list of objects holding each backend's configured
+    fields (L{wslb_twisted.reload.backendConfig}).  The worker updates its
+    pool as the supervisor did (see L{wslb_twisted.reload}): backends are
+    matched by id, and those it keeps keep their clients and counters.
+    """
+
+    arguments = [(b"backends", amp.Unicode()), (b"drainSeconds", amp.Float())]
+
+
 def settingsToJSON(settings: Settings) -> str:
     """
     Encode the settings a worker needs.
@@ -99,6 +115,7 @@ def settingsToJSON(settings: Settings) -> str:
             "maxRetries": settings.maxRetries,
             "connectTimeout": settings.connectTimeout,
             "maxMessageSize": settings.maxMessageSize,
+            "drainSeconds": settings.drainSeconds,
             "maxClients": settings.maxClients,
             "maxConnectionsPerIP": settings.maxConnectionsPerIP,
             "handshakeTimeout": settings.handshakeTimeout,
@@ -135,6 +152,7 @@ def settingsFromJSON(text: str) -> tuple[Settings, bool]:
         maxRetries=data["maxRetries"],
         connectTimeout=data["connectTimeout"],
         maxMessageSize=data["maxMessageSize"],
+        drainSeconds=data["drainSeconds"],
         maxClients=data["maxClients"],
         maxConnectionsPerIP=data["maxConnectionsPerIP"],
         handshakeTimeout=data["handshakeTimeout"],
@@ -294,6 +312,7 @@ class WorkerPool(Service):
         self._sync = LoopingCall(self._syncAll)
         self._sync.clock = reactor
         self._stopping = False
+        self.catchSignals = False
 
     # What the monitor reads
 
@@ -429,6 +448,29 @@ class WorkerPool(Service):
         # A worker that died mid-sync; workerEnded deals with it.
         pass
 
+    def reconfigure(self, settings: Settings) -> None:
+        """
+        The configuration was reloaded and C{self.pool} updated: tell every
+        worker the new backend list, and spawn workers with the new settings
+        from now on.
+
+        @param settings: the settings now in force.
+        """
+        self.settings = settings
+        ids = {backend.id for backend in settings.backends}
+        for backendId in list(self._retired):
+            if backendId not in ids:
+                del self._retired[backendId]
+        backends = json.dumps([backendConfig(b) for b in settings.backends])
+        for state in self.workers:
+            if state.protocol is not None:
+                d = state.protocol.callRemote(
+                    Reconfigure,
+                    backends=backends,
+                    drainSeconds=settings.drainSeconds,
+                )
+                d.addErrback(self._syncFailed)
+
     def _updatePool(self) -> None:
         for backend in self.pool:
             values = list(self._retired.get(backend.id, [0] * len(_COUNTERS)))
@@ -442,14 +484,18 @@ class WorkerPool(Service):
 
     def stopService(self) -> Deferred[Any]:
         """
-        Stop the workers (each closes its clients with 1001), killing those
-        that take longer than L{STOP_TIMEOUT}.
+        Stop the workers: each drains its clients over the drain period
+        (closing them with 1001); those that take longer than the period and
+        L{STOP_TIMEOUT} are killed.  With C{catchSignals}, a second SIGTERM
+        or SIGINT meanwhile is passed on to the workers, which then close
+        their remaining clients at once.
         """
         super().stopService()
         self._stopping = True
         if self._sync.running:
             self._sync.stop()
         waiting = []
+        timeout = self.settings.drainSeconds + STOP_TIMEOUT
         for state in self.workers:
             if state.ended is None or state.process is None:
                 continue
@@ -458,13 +504,33 @@ class WorkerPool(Service):
                 state.process.signalProcess("TERM")
             except OSError:
                 continue
-            killer = self.reactor.callLater(STOP_TIMEOUT, _kill, state.process)
+            killer = self.reactor.callLater(timeout, _kill, state.process)
             state.ended.addBoth(_cancelling, killer)
         if self.listening is not None:
             self.listening.close()
         if not waiting:
             return succeed(None)
-        return DeferredList(waiting)
+        stopped = DeferredList(waiting)
+        if self.catchSignals:
+            restore = catchStopSignals(self.reactor, self._hurryWorkers)
+            stopped.addBoth(_calling, restore)
+        return stopped
+
+    def _hurryWorkers(self) -> None:
+        """
+        A second stop signal: pass it on to the workers still running.
+        """
+        for state in self.workers:
+            if state.ended is not None and state.process is not None:
+                try:
+                    state.process.signalProcess("TERM")
+                except OSError:
+                    pass
+
+
+def _calling(result: object, call: Any) -> object:
+    call()
+    return result
 
 
 def _kill(process: Any) -> None:
