@@ -45,9 +45,6 @@ class _HalfRequest(Protocol):
     """
 
     def connectionMade(self):
-        from twisted.internet import reactor
-
-        self.started = reactor.seconds()
         self.received = b""
         self.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr")
 
@@ -57,7 +54,9 @@ class _HalfRequest(Protocol):
     def connectionLost(self, reason):
         from twisted.internet import reactor
 
-        self.factory.lost.callback((reactor.seconds() - self.started, self.received))
+        self.factory.lost.callback(
+            (reactor.seconds() - self.factory.started, self.received)
+        )
 
 
 def _slowloris(port: int) -> Deferred[tuple[float, bytes]]:
@@ -70,6 +69,9 @@ def _slowloris(port: int) -> Deferred[tuple[float, bytes]]:
 
     factory = ClientFactory.forProtocol(_HalfRequest)
     factory.lost = Deferred()
+    # From before the connection exists: the load balancer may see it (and
+    # start its timer) before this side's connectionMade runs.
+    factory.started = reactor.seconds()
     reactor.connectTCP("127.0.0.1", port, factory)
     return factory.lost
 
