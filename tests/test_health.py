@@ -306,7 +306,7 @@ def test_errorWhileRecordingDoesNotStopTheLoop(harness: CheckerHarness) -> None:
     loop keeps running.
     """
 
-    def brokenRecord(passed: bool, when: float) -> bool:
+    def brokenRecord(passed: bool, when: float, *thresholds: int) -> bool:
         raise RuntimeError("record bug")
 
     backend = harness.pool.backends[0]
@@ -693,10 +693,10 @@ class RecordedChecks:
         self._waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
         original = backend.recordHealth
 
-        def record(passed: bool, when: float) -> bool:
+        def record(passed: bool, when: float, *thresholds: int) -> bool:
             from twisted.internet import reactor
 
-            changed = original(passed, when)
+            changed = original(passed, when, *thresholds)
             self.results.append(passed)
             # Wake the test once the checker has finished with this check
             # (logging it), not in the middle of it.

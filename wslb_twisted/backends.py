@@ -40,6 +40,10 @@ class Backend:
         or a failed WebSocket handshake).
     @ivar healthCheckFailures: health checks that failed.
     @ivar stateChanges: times C{healthy} changed.
+    @ivar consecutivePasses: health checks passed in a row, up to now.
+    @ivar consecutiveFailures: health checks failed in a row, up to now.
+    @ivar consecutiveConnectFailures: connection attempts failed in a row, up
+        to now (a successful attempt resets it).
     """
 
     id: str
@@ -59,6 +63,9 @@ class Backend:
     connectFailures: int = 0
     healthCheckFailures: int = 0
     stateChanges: int = 0
+    consecutivePasses: int = 0
+    consecutiveFailures: int = 0
+    consecutiveConnectFailures: int = 0
     messagesToBackend: int = 0
     messagesToClient: int = 0
     bytesToBackend: int = 0
@@ -89,23 +96,69 @@ class Backend:
         """
         return self.activeConnections + self.elsewhereConnections
 
-    def recordHealth(self, passed: bool, when: float) -> bool:
+    def recordHealth(
+        self, passed: bool, when: float, rise: int = 1, fall: int = 1
+    ) -> bool:
         """
-        Record the result of one health check.
+        Record the result of one health check, and apply the rise and fall
+        rule (HAProxy's): a backend out of rotation comes back after C{rise}
+        passing checks in a row, one in rotation leaves after C{fall} failing
+        checks in a row.  A backend never checked before is decided by its
+        first check alone, so startup is fast.
 
         @param passed: whether the check passed.
         @param when: POSIX time the check completed.
+        @param rise: consecutive passing checks that bring the backend back.
+        @param fall: consecutive failing checks that take it out.
         @return: C{True} when this changed the backend's health.
         """
+        firstCheck = self.lastHealthCheck is None
         self.lastHealthCheck = when
-        if not passed:
+        if passed:
+            self.consecutivePasses += 1
+            self.consecutiveFailures = 0
+        else:
             self.healthCheckFailures += 1
+            self.consecutiveFailures += 1
+            self.consecutivePasses = 0
         if passed == self.healthy:
             return False
-        self.healthy = passed
+        if not firstCheck:
+            streak = self.consecutivePasses if passed else self.consecutiveFailures
+            if streak < (rise if passed else fall):
+                return False
+        if passed:
+            self.consecutiveConnectFailures = 0
+        self._changeHealth(passed, when)
+        return True
+
+    def recordAttempt(self, succeeded: bool, when: float, fall: int = 1) -> bool:
+        """
+        Record the outcome of one connection attempt for a client (passive
+        health): C{fall} failed attempts in a row (refused, timed out, failed
+        WebSocket handshake) take the backend out of rotation, like failing
+        health checks; it then needs C{rise} passing checks to come back (see
+        L{recordHealth}).  A successful attempt resets the count.
+
+        @param succeeded: whether the backend accepted the WebSocket.
+        @param when: POSIX time of the outcome.
+        @param fall: consecutive failed attempts that take the backend out.
+        @return: C{True} when this took the backend out of rotation.
+        """
+        if succeeded:
+            self.consecutiveConnectFailures = 0
+            return False
+        self.consecutiveConnectFailures += 1
+        if not self.healthy or self.consecutiveConnectFailures < fall:
+            return False
+        self.consecutivePasses = 0
+        self._changeHealth(False, when)
+        return True
+
+    def _changeHealth(self, healthy: bool, when: float) -> None:
+        self.healthy = healthy
         self.lastChange = when
         self.stateChanges += 1
-        return True
 
     def connectionOpened(self) -> None:
         """

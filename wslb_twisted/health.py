@@ -1,11 +1,17 @@
 """
 Active health checking of the backends.
 
-A L{HealthChecker} runs one L{LoopingCall} that probes every backend each
-interval, concurrently, and writes the outcome to the backend with
-L{Backend.recordHealth}.  It only writes backend state: the strategies and the
-monitor read it.  The default probe, L{HTTPHealthProbe}, requests
-L{Backend.healthURL} with treq over one shared persistent connection pool.
+A L{HealthChecker} runs one L{LoopingCall} that starts a round every
+interval; within a round each backend is probed at its own moment (spread
+over the interval, with jitter), and the outcome is written to the backend
+with L{Backend.recordHealth}, which applies the rise and fall thresholds.  It
+only writes backend state: the strategies and the monitor read it.  The
+default probe, L{HTTPHealthProbe}, requests L{Backend.healthURL} with treq
+over one shared persistent connection pool.
+
+The relay reports connection attempts with L{Backend.recordAttempt} (passive
+health) and logs what that changes with L{logHealthChange}, so both kinds of
+change read the same in the log.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from random import Random
 from typing import Any, TypeAlias
 from weakref import WeakSet
 
@@ -31,7 +38,7 @@ from twisted.internet.error import (
     ConnectionRefusedError,
     DNSLookupError,
 )
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -58,6 +65,7 @@ __all__ = [
     "HealthChecker",
     "Probe",
     "describeFailure",
+    "logHealthChange",
 ]
 
 HEALTH_CHANGED = "backend_health_changed"
@@ -66,6 +74,65 @@ The C{event} key of the log event emitted when a backend's health becomes
 known or changes.
 """
 
+JITTER = 0.1
+"""
+How far, as a fraction of the interval, each scheduled check may move either
+way from its backend's place in the round.
+"""
+
+_CHANGED = "backend {backendId} ({address}) is now {state}: {reason}"
+
+
+def logHealthChange(
+    log: Logger,
+    backend: Backend,
+    previousState: str,
+    reason: str,
+    source: str = "check",
+    lastFailure: str | None = None,
+) -> None:
+    """
+    Log that a backend's health became known or changed: one event with
+    C{event=}L{HEALTH_CHANGED}, C{backendId}, C{address}, C{healthy},
+    C{state} (C{"healthy"} or C{"unhealthy"}, from the backend),
+    C{previousState} (C{"unknown"}, C{"healthy"} or C{"unhealthy"}),
+    C{reason}, C{source} and the backend's C{consecutivePasses},
+    C{consecutiveFailures} and C{consecutiveConnectFailures}.  Coming into
+    rotation is logged at info level, leaving it as a warning.
+
+    @param log: the logger to emit on.
+    @param backend: the backend, already in its new state.
+    @param previousState: its state before.
+    @param reason: why, for operators: the last check's outcome
+        (C{"HTTP 500"}) or C{"2 consecutive connection failures"}.
+    @param source: C{"check"} (active health check) or C{"connections"}
+        (failed connection attempts for clients).
+    @param lastFailure: for C{"connections"}, how the last attempt failed.
+    """
+    healthy = backend.healthy
+    message = _CHANGED
+    if lastFailure is not None:
+        message += " (last: {lastFailure})"
+    elif healthy and backend.consecutivePasses > 1:
+        message += " ({consecutivePasses} passing checks in a row)"
+    elif not healthy and backend.consecutiveFailures > 1:
+        message += " ({consecutiveFailures} failed checks in a row)"
+    emit = log.info if healthy else log.warn
+    emit(
+        message,
+        event=HEALTH_CHANGED,
+        backendId=backend.id,
+        address=backend.address,
+        healthy=healthy,
+        state="healthy" if healthy else "unhealthy",
+        previousState=previousState,
+        reason=reason,
+        source=source,
+        lastFailure=lastFailure,
+        consecutivePasses=backend.consecutivePasses,
+        consecutiveFailures=backend.consecutiveFailures,
+        consecutiveConnectFailures=backend.consecutiveConnectFailures,
+    )
 
 
 _USER_AGENT = b"wslb-health-check"
@@ -280,23 +347,31 @@ class HTTPHealthProbe:
 class HealthChecker(Service):
     """
     Checks every backend each interval and takes it out of rotation or puts it
-    back accordingly.
+    back according to the rise and fall thresholds (see
+    L{Backend.recordHealth}).
 
-    Each backend is checked once as soon as the service starts; until its
-    first check completes its health is unknown and it gets no traffic (see
-    L{whenFirstRoundDone}).  The checks of one round run concurrently, and a
-    backend whose previous check is still running is skipped rather than
-    checked twice at once.
+    Every backend is checked at once when the service starts; until its first
+    check completes its health is unknown and it gets no traffic (see
+    L{whenFirstRoundDone}), and that first check alone decides whether it
+    starts in rotation.  After that, a round starts every interval, and
+    within it the backends' checks are spread out so they are not all probed
+    at the same instant: backend M{i} of M{n} (in pool order) is checked at
+    M{(i + 1/2) / n} of the interval into the round, moved by up to
+    C{jitter} of the interval either way at random, and kept within the
+    round.  So each backend is checked once per interval.  A backend whose
+    previous check is still running is skipped rather than checked twice at
+    once.
 
     The first result for a backend and every later change of its health are
-    logged once, as an event with C{event=}L{HEALTH_CHANGED}, C{backendId},
-    C{address}, C{healthy}, C{state} (C{"healthy"} or C{"unhealthy"}),
-    C{previousState} (C{"unknown"}, C{"healthy"} or C{"unhealthy"}) and
-    C{reason}.
+    logged once, by L{logHealthChange} (C{source="check"}).
 
     @ivar pool: the backends to check.
     @ivar interval: seconds between the starts of two rounds.
     @ivar timeout: seconds allowed for one check (used by the default probe).
+    @ivar rise: consecutive passing checks that bring a backend back.
+    @ivar fall: consecutive failing checks that take a backend out.
+    @ivar jitter: how far, as a fraction of the interval, a check may move
+        from its place in the round.
     """
 
     log = Logger()
@@ -308,6 +383,10 @@ class HealthChecker(Service):
         timeout: float,
         reactor: Any = None,
         probe: Probe | None = None,
+        rise: int = 1,
+        fall: int = 1,
+        jitter: float = JITTER,
+        random: Random | None = None,
     ) -> None:
         """
         @param pool: the backends to check.
@@ -317,16 +396,32 @@ class HealthChecker(Service):
             probe, L{IReactorTCP}); the global reactor by default.
         @param probe: the check of one backend, see L{Probe}; by default an
             L{HTTPHealthProbe} owned (and closed) by this checker.
+        @param rise: consecutive passing checks that bring a backend back, at
+            least 1 (1: every check decides).
+        @param fall: consecutive failing checks that take a backend out, at
+            least 1.
+        @param jitter: fraction of the interval, in [0, 0.5], by which each
+            check may move from its place in the round.
+        @param random: the source of the jitter; a new L{Random} by default
+            (tests pass a seeded one).
         """
         if interval <= 0:
             raise ValueError(f"interval must be positive, not {interval!r}")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
+        if rise < 1 or fall < 1:
+            raise ValueError(f"rise and fall must be at least 1, not {rise}, {fall}")
+        if not 0 <= jitter <= 0.5:
+            raise ValueError(f"jitter must be in [0, 0.5], not {jitter!r}")
         if reactor is None:
             from twisted.internet import reactor
         self.pool = pool
         self.interval = interval
         self.timeout = timeout
+        self.rise = rise
+        self.fall = fall
+        self.jitter = jitter
+        self._random = Random() if random is None else random
         self._reactor: IReactorTime = reactor
         self._ownProbe: HTTPHealthProbe | None = None
         if probe is None:
@@ -334,16 +429,19 @@ class HealthChecker(Service):
             probe = self._ownProbe
         self._probe: Probe = probe
         self._inFlight: dict[Backend, Deferred[Any]] = {}
+        self._scheduled: dict[Backend, IDelayedCall] = {}
         self._checkedOnce: WeakSet[Backend] = WeakSet()
         self._firstRoundWaiters: list[Deferred[None]] = []
-        self._loop = LoopingCall(self._checkAll)
+        self._startupRound = True
+        self._loop = LoopingCall(self._round)
         self._loop.clock = reactor
 
     def startService(self) -> None:
         """
-        Check every backend now, and then every interval.
+        Check every backend now, and then once every interval.
         """
         super().startService()
+        self._startupRound = True
         loopDone = self._loop.start(self.interval, now=True)
         loopDone.addErrback(
             lambda failure: self.log.failure(
@@ -362,6 +460,10 @@ class HealthChecker(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        scheduled, self._scheduled = self._scheduled, {}
+        for call in scheduled.values():
+            if call.active():
+                call.cancel()
         for d in list(self._inFlight.values()):
             d.cancel()
         self._inFlight.clear()
@@ -397,15 +499,7 @@ class HealthChecker(Service):
         if not self.running:
             return
         for backend in backends:
-            if backend in self._inFlight:
-                continue
-            try:
-                self._check(backend)
-            except Exception:
-                self.log.failure(
-                    "Could not start the health check of {backendId}",
-                    backendId=backend.id,
-                )
+            self._checkUnlessRunning(backend)
 
     def _firstRoundComplete(self) -> bool:
         return all(backend in self._checkedOnce for backend in self.pool)
@@ -415,32 +509,80 @@ class HealthChecker(Service):
         for waiter in waiters:
             waiter.callback(None)
 
-    def _checkAll(self) -> None:
+    def _round(self) -> None:
         """
-        One round: start a check of every backend not being checked already.
-        Never raises, as an exception would stop the L{LoopingCall} for good.
+        One round: at startup, check every backend at once; then schedule
+        each backend's check within the interval to come.  Never raises, as
+        an exception would stop the L{LoopingCall} for good.
         """
         try:
             backends = list(self.pool)
         except Exception:
             self.log.failure("Could not list the backends to check")
             return
-        for backend in backends:
-            if backend in self._inFlight:
-                self.log.debug(
-                    "backend {backendId} ({address}): previous health check "
-                    "still running, skipped",
-                    backendId=backend.id,
-                    address=backend.address,
-                )
+        if self._startupRound:
+            self._startupRound = False
+            for backend in backends:
+                self._checkUnlessRunning(backend)
+        for index, backend in enumerate(backends):
+            if backend in self._scheduled:
                 continue
             try:
-                self._check(backend)
+                delay = self._placeInRound(index, len(backends))
+                self._scheduled[backend] = self._reactor.callLater(
+                    delay, self._scheduledCheck, backend
+                )
             except Exception:
                 self.log.failure(
-                    "Could not start the health check of {backendId}",
+                    "Could not schedule the health check of {backendId}",
                     backendId=backend.id,
                 )
+
+    def _placeInRound(self, index: int, count: int) -> float:
+        """
+        Seconds into the round at which to check backend C{index} of
+        C{count}: its even share of the interval, moved by the jitter, and
+        kept inside the round (1% from either end).
+        """
+        interval = self.interval
+        place = (index + 0.5) * interval / count
+        place += self._random.uniform(-self.jitter, self.jitter) * interval
+        return min(max(place, 0.01 * interval), 0.99 * interval)
+
+    def _scheduledCheck(self, backend: Backend) -> None:
+        """
+        A backend's moment in the round has come: check it, unless it has
+        left the pool meanwhile.  Never raises.
+        """
+        self._scheduled.pop(backend, None)
+        try:
+            if not any(member is backend for member in self.pool):
+                return
+        except Exception:
+            self.log.failure("Could not list the backends to check")
+            return
+        self._checkUnlessRunning(backend)
+
+    def _checkUnlessRunning(self, backend: Backend) -> None:
+        """
+        Start a check of C{backend} unless its previous one is still running.
+        Never raises.
+        """
+        if backend in self._inFlight:
+            self.log.debug(
+                "backend {backendId} ({address}): previous health check "
+                "still running, skipped",
+                backendId=backend.id,
+                address=backend.address,
+            )
+            return
+        try:
+            self._check(backend)
+        except Exception:
+            self.log.failure(
+                "Could not start the health check of {backendId}",
+                backendId=backend.id,
+            )
 
     def _check(self, backend: Backend) -> None:
         d: Deferred[Any] = maybeDeferred(self._probe, backend)
@@ -479,19 +621,11 @@ class HealthChecker(Service):
             if backend.healthy
             else "unhealthy"
         )
-        changed = backend.recordHealth(result.passed, self._reactor.seconds())
+        changed = backend.recordHealth(
+            result.passed, self._reactor.seconds(), self.rise, self.fall
+        )
         if changed or previous == "unknown":
-            emit = self.log.info if result.passed else self.log.warn
-            emit(
-                "backend {backendId} ({address}) is now {state}: {reason}",
-                event=HEALTH_CHANGED,
-                backendId=backend.id,
-                address=backend.address,
-                healthy=result.passed,
-                state="healthy" if result.passed else "unhealthy",
-                previousState=previous,
-                reason=result.reason,
-            )
+            logHealthChange(self.log, backend, previous, result.reason)
 
     def _checkDone(self, result: object, backend: Backend, d: Deferred[Any]) -> None:
         if self._inFlight.get(backend) is d:

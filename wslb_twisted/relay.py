@@ -38,6 +38,7 @@ from wslb_twisted import datapath
 from wslb_twisted.backends import Backend, BackendPool
 from wslb_twisted.config import Settings
 from wslb_twisted.forwarding import clientAddress, forwardedFor
+from wslb_twisted.health import logHealthChange
 from wslb_twisted.interfaces import IStrategy
 from wslb_twisted.tls import BackendTLS, describeTLSFailure
 
@@ -367,6 +368,7 @@ class Session:
         An attempt succeeded: answer the client's handshake.
         """
         self._cancelTimer()
+        leg.factory.backend.recordAttempt(True, self.factory.reactor.seconds())
         handshake, self._handshake = self._handshake, None
         if handshake is None or self.clientGone:
             leg.sendCloseFrame(GOING_AWAY, b"client went away")
@@ -400,7 +402,30 @@ class Session:
             reason=reason,
             event="backend_connect_failed",
         )
+        if self._handshake is not None:
+            self._attemptFailedPassively(backend, reason)
         self._attempt()
+
+    def _attemptFailedPassively(self, backend: Backend, reason: str) -> None:
+        """
+        Passive health: count a failed attempt against C{backend}, which
+        leaves the rotation after C{healthFall} in a row (see
+        L{Backend.recordAttempt}); log that change once.  Attempts abandoned
+        by the load balancer itself (client gone, shutdown) are not counted.
+        """
+        factory = self.factory
+        when = factory.reactor.seconds()
+        if backend.recordAttempt(False, when, factory.settings.healthFall):
+            failures = backend.consecutiveConnectFailures
+            plural = "" if failures == 1 else "s"
+            logHealthChange(
+                log,
+                backend,
+                "healthy",
+                f"{failures} consecutive connection failure{plural}",
+                source="connections",
+                lastFailure=reason,
+            )
 
     def _refuse(self, kind: str, reason: str) -> None:
         handshake, self._handshake = self._handshake, None

@@ -204,7 +204,12 @@ class LoadBalancerService(MultiService):
         self.pool = BackendPool(list(settings.backends))
         strategy = availableStrategies()[settings.algorithm]()
         self.checker = HealthChecker(
-            self.pool, settings.healthInterval, settings.healthTimeout, reactor=reactor
+            self.pool,
+            settings.healthInterval,
+            settings.healthTimeout,
+            reactor=reactor,
+            rise=settings.healthRise,
+            fall=settings.healthFall,
         )
         self.relay = RelayFactory(
             self.pool,

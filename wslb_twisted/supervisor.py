@@ -63,7 +63,12 @@ class SupervisorService(MultiService):
             self._sighup = SIGHUPHandler(reactor, self.reload)
         self.pool = BackendPool(list(settings.backends))
         self.checker = HealthChecker(
-            self.pool, settings.healthInterval, settings.healthTimeout, reactor=reactor
+            self.pool,
+            settings.healthInterval,
+            settings.healthTimeout,
+            reactor=reactor,
+            rise=settings.healthRise,
+            fall=settings.healthFall,
         )
         self.workers = WorkerPool(self.pool, settings, settings.workers, reactor)
         self.workers.catchSignals = handleSignals
