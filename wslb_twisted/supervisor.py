@@ -17,7 +17,7 @@ from wslb_twisted.config import ConfigError, Settings
 from wslb_twisted.health import HealthChecker
 from wslb_twisted.monitor import makeMonitorSite
 from wslb_twisted.reload import SIGHUPHandler, reloadPool
-from wslb_twisted.service import ListeningService, StartupError
+from wslb_twisted.service import ListeningService, StartupError, withBacklog
 from wslb_twisted.workers import WorkerPool, listeningSocket
 
 log = Logger()
@@ -96,7 +96,7 @@ class SupervisorService(MultiService):
             port cannot be opened.
         """
         try:
-            sock = listeningSocket(self.settings.port, self.reactor)
+            sock = listeningSocket(withBacklog(self.settings.port), self.reactor)
         except ConfigError as error:
             raise StartupError(f"wslb: {error}") from None
         except OSError as error:
