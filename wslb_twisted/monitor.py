@@ -7,7 +7,6 @@ The monitor only reads backend state; it never changes it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ from twisted.web.server import Request, Site
 
 from wslb_twisted.backends import Backend, BackendPool
 from wslb_twisted.dashboard import DashboardResource
+from wslb_twisted.jsonresponse import notFoundJSON, respondJSON
 from wslb_twisted.metrics import MetricsResource, RelayCounts, makeMetricsRegistry
 
 __all__ = [
@@ -88,10 +88,10 @@ class _JSONResource(Resource):
         @return: the body (empty for C{HEAD}).
         """
         if request.postpath not in ([], [b""]):
-            return _notFound(request)
+            return notFoundJSON(request)
         if request.method not in self.allowedMethods:
             request.setHeader(b"Allow", b", ".join(self.allowedMethods))
-            return _respond(
+            return respondJSON(
                 request,
                 http.NOT_ALLOWED,
                 {
@@ -104,31 +104,14 @@ class _JSONResource(Resource):
             code, body = self.document(request)
         except Exception:
             self.log.failure("Could not render {path}", path=_path(request))
-            return _respond(
+            return respondJSON(
                 request, http.INTERNAL_SERVER_ERROR, {"error": "internal error"}
             )
-        return _respond(request, code, body)
+        return respondJSON(request, code, body)
 
 
 def _path(request: Request) -> str:
     return request.path.decode("utf-8", "replace")
-
-
-def _respond(request: Request, code: int, body: object) -> bytes:
-    payload = json.dumps(body).encode("utf-8") + b"\n"
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    request.setHeader(b"Content-Length", b"%d" % (len(payload),))
-    if request.method == b"HEAD":
-        return b""
-    return payload
-
-
-def _notFound(request: Request) -> bytes:
-    return _respond(
-        request, http.NOT_FOUND, {"error": "not found", "path": _path(request)}
-    )
 
 
 class _NotFoundResource(Resource):
@@ -140,7 +123,7 @@ class _NotFoundResource(Resource):
     isLeaf = True
 
     def render(self, request: Request) -> bytes:
-        return _notFound(request)
+        return notFoundJSON(request)
 
 
 class _PoolResource(_JSONResource):
@@ -275,7 +258,7 @@ class MonitorResource(Resource):
         @param request: the request being answered.
         @return: the 404 body.
         """
-        return _notFound(request)
+        return notFoundJSON(request)
 
 
 class _QuietSite(Site):

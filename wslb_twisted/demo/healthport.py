@@ -9,7 +9,6 @@ WebSocket clients, as a backend whose health check broke would.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -17,6 +16,8 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
+
+from wslb_twisted.jsonresponse import notFoundJSON, respondJSON
 
 __all__ = ["BackendHealth", "HealthPortResource", "makeHealthSite"]
 
@@ -81,22 +82,6 @@ class BackendHealth:
             )
 
 
-def _respond(request: Request, code: int, body: object) -> bytes:
-    payload = json.dumps(body).encode("utf-8") + b"\n"
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    request.setHeader(b"Content-Length", b"%d" % (len(payload),))
-    if request.method == b"HEAD":
-        return b""
-    return payload
-
-
-def _notFound(request: Request) -> bytes:
-    path = request.path.decode("utf-8", "replace")
-    return _respond(request, http.NOT_FOUND, {"error": "not found", "path": path})
-
-
 class _Endpoint(Resource):
     """
     One path of the health port, answering only C{allowedMethods} (405 JSON
@@ -112,10 +97,10 @@ class _Endpoint(Resource):
 
     def render(self, request: Request) -> bytes:
         if request.postpath not in ([], [b""]):
-            return _notFound(request)
+            return notFoundJSON(request)
         if request.method not in self.allowedMethods:
             request.setHeader(b"Allow", b", ".join(self.allowedMethods))
-            return _respond(
+            return respondJSON(
                 request,
                 http.NOT_ALLOWED,
                 {
@@ -124,7 +109,7 @@ class _Endpoint(Resource):
                 },
             )
         code, body = self.answer()
-        return _respond(request, code, body)
+        return respondJSON(request, code, body)
 
     def answer(self) -> tuple[int, object]:
         raise NotImplementedError()
@@ -154,7 +139,7 @@ class _NotFound(Resource):
     isLeaf = True
 
     def render(self, request: Request) -> bytes:
-        return _notFound(request)
+        return notFoundJSON(request)
 
 
 class HealthPortResource(Resource):
@@ -196,7 +181,7 @@ class HealthPortResource(Resource):
         @param request: the request being answered.
         @return: the 404 body.
         """
-        return _notFound(request)
+        return notFoundJSON(request)
 
 
 class _QuietSite(Site):
