@@ -42,8 +42,10 @@ class BackendServerProtocol(WebSocketServerProtocol):
         once, ignoring backpressure (they pile up in its own transport when
         the load balancer stops reading), then fire C{factory.blasted};
       - C{"drop"}: drop the TCP connection without a closing handshake;
-      - C{"stream:SIZE"}: send binary messages of SIZE bytes until its
-        transport's buffer is full, then fire C{factory.streamPaused}.
+      - C{"stream:SIZE"}: stream binary messages of SIZE bytes, numbered
+        from 0 in their first 8 bytes, for as long as its transport takes
+        them: its transport pauses it when its buffer is full (firing
+        C{factory.streamPaused}) and resumes it when the buffer drains.
     """
 
     factory: BackendServerFactory
@@ -86,6 +88,7 @@ class BackendServerProtocol(WebSocketServerProtocol):
             self.transport.registerProducer(self, True)
             self._streaming = True
             self.streamed = 0
+            self.sent = 0
             self.resumeProducing()
             return
         if self.factory.echo:
@@ -94,7 +97,8 @@ class BackendServerProtocol(WebSocketServerProtocol):
     def resumeProducing(self) -> None:
         self._streaming = True
         while self._streaming and self.state == self.STATE_OPEN:
-            self.sendMessage(self._streamChunk, True)
+            self.sendMessage(self.sent.to_bytes(8, "big") + self._streamChunk[8:], True)
+            self.sent += 1
             self.streamed += len(self._streamChunk)
 
     def pauseProducing(self) -> None:

@@ -43,7 +43,7 @@ from wslb_twisted.demo.quotes import (
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = "tcp:0:interface=127.0.0.1"
 SYMBOLS = ("AAPL", "MSFT", "GOOGL")
-QUOTE_FIELDS = {"type", "symbol", "price", "change", "volume", "ts", "server"}
+QUOTE_FIELDS = {"type", "symbol", "price", "change", "volume", "ts", "seq", "server"}
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 RECEIVE_TIMEOUT = 10
 SUBPROCESS_TIMEOUT = 60
@@ -240,10 +240,34 @@ async def test_subscribeReceivesQuotes(startQuoteBackend: StartBackend) -> None:
         assert quote["server"] == "backend-q"
         assert quote["ts"] == "1970-01-01T00:00:00.500Z"
         assert TIMESTAMP.fullmatch(quote["ts"])
+        # The first tick was at the backend's start.
+        assert quote["seq"] == 2
         assert isinstance(quote["price"], float) and quote["price"] > 0
         assert isinstance(quote["change"], float)
         assert isinstance(quote["volume"], int) and quote["volume"] > 0
     assert await quotesUntilSynced(client) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_quotesAreNumberedByTick(startQuoteBackend: StartBackend) -> None:
+    """
+    A quote's C{seq} is the number of the tick that made it: the same for
+    every symbol of a tick, one more at each tick, so that a client can tell
+    it missed none.
+    """
+    backend = startQuoteBackend()
+    client = await connect(backend)
+    await subscribe(client, "AAPL", "MSFT")
+    backend.tick(3)
+    quotes = await quotesUntilSynced(client)
+    assert [(q["seq"], q["symbol"]) for q in quotes] == [
+        (2, "AAPL"),
+        (2, "MSFT"),
+        (3, "AAPL"),
+        (3, "MSFT"),
+        (4, "AAPL"),
+        (4, "MSFT"),
+    ]
 
 
 @pytest_twisted.ensureDeferred

@@ -232,6 +232,25 @@ async def test_connectFailureCounted(backends, startLB):
     assert answer.value("wslb_backend_current_connections", backend="backend-2") == 1
 
 
+
+@pytest_twisted.ensureDeferred
+async def test_otherMethodsAre405(backends, startLB):
+    """
+    C{/metrics} answers methods other than C{GET} and C{HEAD} with 405 and
+    an C{Allow} header, like the rest of the monitoring port, even methods
+    twisted.web does not know (which it would answer with 501).
+    """
+    lb = await startLB(backends[:1])
+    url = f"http://127.0.0.1:{lb.monitorPort}/metrics"
+    for method in ("POST", "DELETE", "BREW"):
+        response = await treq.request(method, url, persistent=False)
+        await treq.content(response)
+        assert response.code == 405, method
+        assert response.headers.getRawHeaders("allow") == ["GET, HEAD"]
+    head = await treq.head(url, persistent=False)
+    assert head.code == 200
+
+
 # The collector, without HTTP
 
 

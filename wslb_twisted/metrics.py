@@ -26,6 +26,7 @@ from prometheus_client.core import (
     Metric,
 )
 from twisted.internet.interfaces import IReactorTime
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -336,6 +337,24 @@ class MetricsResource(Resource):
         """
         super().__init__()
         self.registry = registry
+
+    allowedMethods = (b"GET", b"HEAD")
+
+    def render(self, request: Request) -> bytes:
+        """
+        Answer a method other than C{GET} and C{HEAD} with 405, as the rest
+        of the monitoring port does (twisted.web would answer 501 to one it
+        does not know).
+
+        @param request: the request being answered.
+        @return: the metrics, or a short text.
+        """
+        if request.method not in self.allowedMethods:
+            request.setResponseCode(http.NOT_ALLOWED)
+            request.setHeader(b"Allow", b", ".join(self.allowedMethods))
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"method not allowed\n"
+        return super().render(request)
 
     def render_GET(self, request: Request) -> bytes:
         """

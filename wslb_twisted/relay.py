@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wslb_twisted import datapath
+from wslb_twisted._autobahn import releasedWhenLost, withoutDebugFormatting
 from wslb_twisted.backends import Backend, BackendPool
 from wslb_twisted.config import Settings
 from wslb_twisted.forwarding import clientAddress, forwardedFor
@@ -65,6 +66,15 @@ ORIGIN_NOT_ALLOWED = "origin_not_allowed"
 """A client was refused (403) because its C{Origin} is not allowed."""
 HANDSHAKE_TIMEOUT = "handshake_timeout"
 """A client was dropped for not sending its request within C{handshakeTimeout}."""
+
+MAX_REQUEST_SIZE = 16 * 1024
+"""
+The largest opening handshake request accepted from a client, in bytes
+(request line and headers): a bigger one is answered with HTTP 431.  It also
+bounds what a client may send after its request while the backend is being
+connected: beyond it, the client is not read until its 101.  16 KiB is what
+HAProxy, Node.js and twisted.web allow.
+"""
 
 # Request headers the load balancer does not pass to the backend: those of the
 # WebSocket handshake itself (the backend leg makes its own), hop-by-hop
@@ -107,6 +117,8 @@ class ClientLeg(WebSocketServerProtocol):
 
     factory: RelayFactory
     session: Session | None = None
+    _connectionMade = withoutDebugFormatting(WebSocketServerProtocol._connectionMade)
+    _connectionLost = releasedWhenLost(WebSocketServerProtocol._connectionLost)
     countedAddress: str | None = None
     _requestTimer: IDelayedCall | None = None
 
@@ -141,6 +153,28 @@ class ClientLeg(WebSocketServerProtocol):
             self._requestTimer.cancel()
             self._requestTimer = None
 
+    def processHandshake(self) -> None:
+        """
+        Parse the client's request once, and only if it fits in
+        L{MAX_REQUEST_SIZE}.
+
+        Autobahn would look for a request in every read until the 101 is
+        sent: bytes sent after a request held for a backend would be parsed
+        as another request, opening another backend connection for this one
+        client.  They are frames for the data path instead, which takes them
+        over at the 101; beyond L{MAX_REQUEST_SIZE} of them, the client is not
+        read until then (L{onOpen} reads it again).
+        """
+        if self.session is None:
+            if self.data.find(b"\r\n\r\n", 0, MAX_REQUEST_SIZE) < 0:
+                if len(self.data) >= MAX_REQUEST_SIZE:
+                    self.failHandshake("request header too large", 431)
+                return
+            super().processHandshake()
+        waiting = self.session is not None and self.state == self.STATE_CONNECTING
+        if waiting and len(self.data) > MAX_REQUEST_SIZE:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         """
         Admit the client within the limits (before any backend is tried),
@@ -170,6 +204,7 @@ class ClientLeg(WebSocketServerProtocol):
         The client has its 101: from now on L{datapath} moves the bytes.
         """
         assert self.session is not None
+        self.transport.resumeProducing()  # type: ignore[union-attr]
         self.session.clientOpened()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -189,6 +224,8 @@ class BackendLeg(WebSocketClientProtocol):
     factory: BackendLegFactory
     subprotocol: str | None = None
     responseHeaders: dict[str, str] | None = None
+    _connectionMade = withoutDebugFormatting(WebSocketClientProtocol._connectionMade)
+    _connectionLost = releasedWhenLost(WebSocketClientProtocol._connectionLost)
 
     def connectionMade(self) -> None:
         self.factory.relay.connectionOpened(self)

@@ -4,6 +4,7 @@ Wiring: the health checker, the relay and the monitoring site as one service.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,21 @@ from wslb_twisted.reload import SIGHUPHandler, reloadPool
 log = Logger()
 
 SHUTDOWN_TIMEOUT = 5.0
+
+
+def freezeHeap() -> None:
+    """
+    Leave every object that exists now out of the garbage collector's full
+    collections.
+
+    Called once the process is set up: the modules and the service live as
+    long as the process, yet a full collection would walk them all (some
+    hundred thousand objects, 50 to 100 ms with no message moving), and
+    connections coming and going trigger one every few thousand connections.
+    Afterwards a full collection walks only what was made since.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 CLIENT_BACKLOG = 1024
@@ -233,6 +249,7 @@ class LoadBalancerService(MultiService):
         self.reloadSettings = reloadSettings
         self._reactor = reactor
         self._ready = False
+        self._ownsProcess = handleSignals
         self._sighup: SIGHUPHandler | None = None
         if handleSignals and reloadSettings is not None:
             self._sighup = SIGHUPHandler(reactor, self.reload)
@@ -305,11 +322,15 @@ class LoadBalancerService(MultiService):
 
     def startService(self) -> None:
         """
-        Start everything, and handle SIGHUP once the reactor runs.
+        Start everything; once the reactor runs, handle SIGHUP and, when
+        the process is the load balancer's alone (under twistd), freeze the
+        heap (see L{freezeHeap}).
         """
         super().startService()
         if self._sighup is not None:
             self._reactor.callWhenRunning(self._installSIGHUP)
+        if self._ownsProcess:
+            self._reactor.callWhenRunning(freezeHeap)
 
     def _installSIGHUP(self) -> None:
         if self.running and self._sighup is not None:

@@ -8,6 +8,7 @@ Run by the supervisor as C{python -m wslb_twisted.worker}; not by hand.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -182,6 +183,13 @@ def main() -> None:
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     StandardIO(WorkerAMP(pool, relay, readiness, reactor))
     log.info("worker {number} accepting clients", number=number)
+    def freezeHeap() -> None:
+        # As wslb_twisted.service.freezeHeap: full collections need not walk
+        # what lives as long as the process.
+        gc.collect()
+        gc.freeze()
+
+    reactor.callWhenRunning(freezeHeap)
     reactor.run()
 
 

@@ -10,7 +10,10 @@ The protocol, as JSON text messages:
   - the client sends C{{"type": "subscribe", "symbols": ["AAPL", ...]}} and
     the server answers C{{"type": "subscribed", "symbols": [...]}}; from the
     next tick on it sends C{{"type": "quote", "symbol", "price", "change",
-    "volume", "ts", "server"}} for each of them, C{rate} times a second;
+    "volume", "ts", "seq", "server"}} for each of them, C{rate} times a
+    second.  C{seq} numbers the backend's ticks (1, 2, ... from its start,
+    the same for every symbol of a tick), so a client sees consecutive
+    C{seq}s for a symbol unless it missed quotes (see backpressure below);
   - C{{"type": "unsubscribe", "symbols": [...]}} stops them, answered with
     C{{"type": "unsubscribed", "symbols": [...]}};
   - anything else (binary, not JSON, not an object, an unknown type, symbols
@@ -244,6 +247,8 @@ class QuoteServerFactory(WebSocketServerFactory):
     @ivar source: the L{IQuoteSource} of the quotes.
     @ivar clients: the open connections.
     @ivar subscribers: for each symbol, the connections subscribed to it.
+    @ivar ticks: the ticks so far; the last one's number is each of its
+        quotes' C{seq}.
     """
 
     protocol = QuoteServerProtocol  # type: ignore[assignment]
@@ -268,6 +273,7 @@ class QuoteServerFactory(WebSocketServerFactory):
             symbol: set() for symbol in source.symbols
         }
         self._clock = clock
+        self.ticks = 0
         self._closeWaiters: list[Deferred[None]] = []
 
     @property
@@ -327,6 +333,7 @@ class QuoteServerFactory(WebSocketServerFactory):
         the timer for good.
         """
         try:
+            self.ticks += 1
             quotes = self.source.nextQuotes()
             now = self._clock.seconds()
             for quote in quotes:
@@ -334,7 +341,7 @@ class QuoteServerFactory(WebSocketServerFactory):
                 if not subscribers:
                     continue
                 prepared = self.prepareMessage(
-                    encodeMessage(quoteMessage(quote, self.name, now))
+                    encodeMessage(quoteMessage(quote, self.name, now, self.ticks))
                 )
                 for client in list(subscribers):
                     client.sendQuote(prepared)

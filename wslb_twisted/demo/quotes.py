@@ -301,15 +301,18 @@ def isoTimestamp(seconds: float) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{milliseconds:03d}Z"
 
 
-def quoteMessage(quote: Quote, server: str, seconds: float) -> dict[str, object]:
+def quoteMessage(
+    quote: Quote, server: str, seconds: float, seq: int
+) -> dict[str, object]:
     """
     The message sending a quote to a client.
 
     @param quote: the quote.
     @param server: the name of the backend sending it.
     @param seconds: when it is sent, in seconds since the epoch.
+    @param seq: the number of the backend's tick that made it.
     @return: C{{"type": "quote", "symbol", "price", "change", "volume",
-        "ts", "server"}}.
+        "ts", "seq", "server"}}.
     """
     return {
         "type": "quote",
@@ -318,6 +321,7 @@ def quoteMessage(quote: Quote, server: str, seconds: float) -> dict[str, object]
         "change": quote.change,
         "volume": quote.volume,
         "ts": isoTimestamp(seconds),
+        "seq": seq,
         "server": server,
     }
 
