@@ -21,7 +21,7 @@ from wslb_twisted.health import HealthChecker
 from wslb_twisted.monitor import makeMonitorSite
 from wslb_twisted.plugin import availableStrategies
 from wslb_twisted.relay import RelayFactory
-from wslb_twisted.reload import SIGHUPHandler, reloadPool
+from wslb_twisted.reload import PoolUpdate, SIGHUPHandler, reloadPool
 
 log = Logger()
 
@@ -211,7 +211,104 @@ def _after(result: object, call: Callable[[], object]) -> object:
     return result
 
 
-class LoadBalancerService(MultiService):
+class CheckedPoolService(MultiService):
+    """
+    What every process holding the health checker has (the load balancer,
+    or the supervisor of C{--workers}): the settings in force, the backends,
+    the one health checker, and SIGHUP reloading the configuration.
+
+    @ivar settings: the settings in force (a reload changes some).
+    @ivar reloadSettings: reads the configuration again for a reload, or
+        C{None}.
+    @ivar reactor: the reactor the service runs on.
+    @ivar pool: the backends.
+    @ivar checker: the health checker.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        reloadSettings: Callable[[], Settings] | None,
+        handleSignals: bool,
+    ) -> None:
+        """
+        @param settings: validated configuration.
+        @param reactor: the reactor to run on.
+        @param reloadSettings: reads and validates the configuration again,
+            raising L{ConfigError <wslb_twisted.config.ConfigError>} when it
+            is bad; used by C{reload}.
+        @param handleSignals: whether SIGHUP reloads (with
+            C{reloadSettings}), as under twistd.
+        """
+        super().__init__()
+        self.setName("wslb")
+        self.settings = settings
+        self.reloadSettings = reloadSettings
+        self.reactor = reactor
+        self._sighup: SIGHUPHandler | None = None
+        if handleSignals and reloadSettings is not None:
+            self._sighup = SIGHUPHandler(reactor, self.reload)
+        self.pool = BackendPool(list(settings.backends))
+        self.checker = HealthChecker(
+            self.pool,
+            settings.healthInterval,
+            settings.healthTimeout,
+            reactor=reactor,
+            rise=settings.healthRise,
+            fall=settings.healthFall,
+        )
+        self.checker.setServiceParent(self)
+
+    def reload(self) -> bool:
+        """
+        Read the configuration again and apply what can change live; see
+        L{reloadPool}.  A bad configuration changes nothing.
+
+        @return: whether the new configuration was taken.
+        """
+        if self.reloadSettings is None or not self.running:
+            return False
+        result = reloadPool(self.reloadSettings, self.settings, self.pool)
+        if result is None:
+            return False
+        self.settings, update = result
+        self.applyReload(update)
+        self.checker.checkNow(update.joining)
+        return True
+
+    def applyReload(self, update: PoolUpdate) -> None:
+        """
+        Apply a reloaded configuration beyond the pool; C{self.settings} is
+        already the new one.
+
+        @param update: what changed in the pool.
+        """
+
+    def startService(self) -> None:
+        """
+        Start everything, and handle SIGHUP once the reactor runs.
+        """
+        super().startService()
+        if self._sighup is not None:
+            self.reactor.callWhenRunning(self._installSIGHUP)
+
+    def _installSIGHUP(self) -> None:
+        if self.running and self._sighup is not None:
+            self._sighup.install()
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Stop everything; SIGHUPs are ignored meanwhile, and the previous
+        SIGHUP handler is put back once everything has stopped.
+        """
+        stopped: Deferred[Any] = super().stopService()
+        if self._sighup is not None:
+            return self._sighup.stopping(stopped)
+        return stopped
+
+
+class LoadBalancerService(CheckedPoolService):
     """
     The whole load balancer: health checker, client port, monitoring port.
 
@@ -243,26 +340,10 @@ class LoadBalancerService(MultiService):
             C{reloadSettings}) and a second SIGTERM or SIGINT during the
             drain closes every client at once, as under twistd.
         """
-        super().__init__()
-        self.setName("wslb")
-        self.settings = settings
-        self.reloadSettings = reloadSettings
-        self._reactor = reactor
+        super().__init__(settings, reactor, reloadSettings, handleSignals)
         self._ready = False
         self._ownsProcess = handleSignals
-        self._sighup: SIGHUPHandler | None = None
-        if handleSignals and reloadSettings is not None:
-            self._sighup = SIGHUPHandler(reactor, self.reload)
-        self.pool = BackendPool(list(settings.backends))
         strategy = availableStrategies()[settings.algorithm]()
-        self.checker = HealthChecker(
-            self.pool,
-            settings.healthInterval,
-            settings.healthTimeout,
-            reactor=reactor,
-            rise=settings.healthRise,
-            fall=settings.healthFall,
-        )
         self.relay = RelayFactory(
             self.pool,
             strategy,
@@ -280,7 +361,6 @@ class LoadBalancerService(MultiService):
         self.monitorListener = ListeningService(
             settings.monitorPort, "monitoring port", site, reactor
         )
-        self.checker.setServiceParent(self)
         self.closing = ClosingService(
             self.relay,
             SHUTDOWN_TIMEOUT,
@@ -327,47 +407,19 @@ class LoadBalancerService(MultiService):
         heap (see L{freezeHeap}).
         """
         super().startService()
-        if self._sighup is not None:
-            self._reactor.callWhenRunning(self._installSIGHUP)
         if self._ownsProcess:
-            self._reactor.callWhenRunning(freezeHeap)
+            self.reactor.callWhenRunning(freezeHeap)
 
-    def _installSIGHUP(self) -> None:
-        if self.running and self._sighup is not None:
-            self._sighup.install()
-
-    def stopService(self) -> Deferred[Any]:
+    def applyReload(self, update: PoolUpdate) -> None:
         """
-        Stop listening at once, drain the clients and stop everything else;
-        SIGHUPs are ignored meanwhile, and the previous SIGHUP handler is put
-        back once everything has stopped.
+        Take the new drain period, and give the relay a fresh strategy when
+        the backends changed (strategies remember backends: turns, weights,
+        hash points).
         """
-        stopped: Deferred[Any] = super().stopService()
-        if self._sighup is not None:
-            return self._sighup.stopping(stopped)
-        return stopped
-
-    def reload(self) -> bool:
-        """
-        Read the configuration again and apply what can change while clients
-        are connected: the backends (see L{wslb_twisted.reload}) and the
-        drain period.  A bad configuration changes nothing.
-
-        @return: whether the new configuration was taken.
-        """
-        if self.reloadSettings is None or not self.running:
-            return False
-        result = reloadPool(self.reloadSettings, self.settings, self.pool)
-        if result is None:
-            return False
-        self.settings, update = result
         self.closing.drainSeconds = self.settings.drainSeconds
         if update.anything:
-            # Strategies remember backends (turns, weights, hash points).
             strategy = availableStrategies()[self.settings.algorithm]()
             self.relay.strategy = strategy
-        self.checker.checkNow(update.joining)
-        return True
 
 
 def makeService(

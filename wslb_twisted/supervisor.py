@@ -8,22 +8,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from wslb_twisted.backends import BackendPool
 from wslb_twisted.config import ConfigError, Settings
-from wslb_twisted.health import HealthChecker
 from wslb_twisted.monitor import makeMonitorSite
-from wslb_twisted.reload import SIGHUPHandler, reloadPool
-from wslb_twisted.service import ListeningService, StartupError, withBacklog
+from wslb_twisted.reload import PoolUpdate
+from wslb_twisted.service import (
+    CheckedPoolService,
+    ListeningService,
+    StartupError,
+    withBacklog,
+)
 from wslb_twisted.workers import WorkerPool, listeningSocket
 
 log = Logger()
 
 
-class SupervisorService(MultiService):
+class SupervisorService(CheckedPoolService):
     """
     Runs the workers on a listening socket it opens (and never accepts on),
     checks the backends' health for all of them, and serves the monitoring
@@ -53,23 +54,7 @@ class SupervisorService(MultiService):
         @param handleSignals: whether SIGHUP reloads and a second SIGTERM or
             SIGINT while stopping is passed on to the workers (under twistd).
         """
-        super().__init__()
-        self.setName("wslb")
-        self.settings = settings
-        self.reactor = reactor
-        self.reloadSettings = reloadSettings
-        self._sighup: SIGHUPHandler | None = None
-        if handleSignals and reloadSettings is not None:
-            self._sighup = SIGHUPHandler(reactor, self.reload)
-        self.pool = BackendPool(list(settings.backends))
-        self.checker = HealthChecker(
-            self.pool,
-            settings.healthInterval,
-            settings.healthTimeout,
-            reactor=reactor,
-            rise=settings.healthRise,
-            fall=settings.healthFall,
-        )
+        super().__init__(settings, reactor, reloadSettings, handleSignals)
         self.workers = WorkerPool(self.pool, settings, settings.workers, reactor)
         self.workers.catchSignals = handleSignals
         self._clientPort: int | None = None
@@ -79,7 +64,6 @@ class SupervisorService(MultiService):
         self.monitorListener = ListeningService(
             settings.monitorPort, "monitoring port", site, reactor
         )
-        self.checker.setServiceParent(self)
         self.monitorListener.setServiceParent(self)
 
     def clientPort(self) -> int | None:
@@ -115,45 +99,10 @@ class SupervisorService(MultiService):
         self.workers.setServiceParent(self)
         super().privilegedStartService()
 
-    def startService(self) -> None:
+    def applyReload(self, update: PoolUpdate) -> None:
         """
-        Start everything, and handle SIGHUP once the reactor runs.
-        """
-        super().startService()
-        if self._sighup is not None:
-            self.reactor.callWhenRunning(self._installSIGHUP)
-
-    def _installSIGHUP(self) -> None:
-        if self.running and self._sighup is not None:
-            self._sighup.install()
-
-    def stopService(self) -> Deferred[Any]:
-        """
-        Stop the workers (which drain their clients) and everything else;
-        SIGHUPs are ignored meanwhile, and the previous SIGHUP handler is put
-        back once everything has stopped.
-        """
-        stopped: Deferred[Any] = super().stopService()
-        if self._sighup is not None:
-            return self._sighup.stopping(stopped)
-        return stopped
-
-    def reload(self) -> bool:
-        """
-        Read the configuration again and apply what can change while clients
-        are connected (see L{wslb_twisted.reload}): the supervisor's pool
-        first, then each worker's over AMP (L{Reconfigure
+        Send each worker the new settings over AMP (L{Reconfigure
         <wslb_twisted.workers.Reconfigure>}); workers started from now on get
-        the new settings.  A bad configuration changes nothing.
-
-        @return: whether the new configuration was taken.
+        them too.
         """
-        if self.reloadSettings is None or not self.running:
-            return False
-        result = reloadPool(self.reloadSettings, self.settings, self.pool)
-        if result is None:
-            return False
-        self.settings, update = result
         self.workers.reconfigure(self.settings)
-        self.checker.checkNow(update.joining)
-        return True

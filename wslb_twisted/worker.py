@@ -183,6 +183,7 @@ def main() -> None:
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     StandardIO(WorkerAMP(pool, relay, readiness, reactor))
     log.info("worker {number} accepting clients", number=number)
+
     def freezeHeap() -> None:
         # As wslb_twisted.service.freezeHeap: full collections need not walk
         # what lives as long as the process.
